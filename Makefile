@@ -1,0 +1,46 @@
+# clusterkit — the two commands: `make up` deploys, `make test` runs the whole suite.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export ANSIBLE_FORCE_COLOR ?= 1
+INVENTORY ?= inventory/lab
+PLAYBOOK_ARGS ?=
+
+.PHONY: help up down deploy venv collections docker docker-stop lint unit molecule lab-test test clean
+
+help:
+	@echo "make up        create .venv, collections, Docker engine, then ansible-playbook site.yml"
+	@echo "make test      the whole test suite (deploys the lab first)"
+	@echo "make down      remove the lab (containers and network)"
+
+$(VENV)/.installed: requirements.txt
+	@echo "venv: installing Python dependencies into $(VENV) ..."
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --progress-bar on -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+collections: venv
+	@bash scripts/ensure-collections.sh
+
+docker:
+	@bash scripts/ensure-docker.sh
+
+# Stops a dockerd that scripts/ensure-docker.sh started (CI uses it to leave nothing running).
+docker-stop:
+	@if [ -f .cache/dockerd.pid ]; then kill "$$(cat .cache/dockerd.pid)" 2>/dev/null || true; \
+	  for _ in $$(seq 1 30); do kill -0 "$$(cat .cache/dockerd.pid)" 2>/dev/null || break; sleep 1; done; \
+	  rm -f .cache/dockerd.pid; echo "docker: dockerd stopped"; fi
+
+deploy:
+	ansible-playbook -i $(INVENTORY) site.yml $(PLAYBOOK_ARGS)
+
+up: venv collections docker deploy
+
+down: venv collections docker
+	ansible-playbook -i $(INVENTORY) playbooks/teardown.yml
+
+test: venv collections docker
+	@bash scripts/run-tests.sh
