@@ -1,0 +1,81 @@
+"""Command line: ``clusterkit-app [run|workers|check-config]``; configured by the environment."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+
+from . import __version__
+from .config import ConfigError, load_config, load_etcd_only
+from .etcd import EtcdClient, EtcdError
+from .runtime import EXIT_CONFIG, EXIT_ERROR, run
+
+
+def _config_error(exc: ConfigError) -> int:
+    print(f"clusterkit-app: configuration error: {exc.name} {exc.problem}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+async def _list_workers(node_id: str | None) -> int:
+    endpoints, user, password, prefix = load_etcd_only(os.environ)
+    client = EtcdClient(endpoints, user, password)
+    try:
+        base = f"{prefix}/nodes/{node_id}/" if node_id else f"{prefix}/nodes/"
+        for kv in await client.get_prefix(base):
+            if "/workers/" in kv.key or kv.key.endswith("/master"):
+                try:
+                    value = json.loads(kv.value)
+                except ValueError:
+                    value = kv.value
+                print(json.dumps({"key": kv.key, "value": value}))
+    except EtcdError as exc:
+        print(f"clusterkit-app: etcd: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        await client.aclose()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="clusterkit-app",
+        description="clusterkit reference app. Configured by environment variables (README.md).",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run as MODE=standalone|master|worker (default command)")
+    sub.add_parser("check-config", help="validate the environment and print the configuration")
+    workers = sub.add_parser(
+        "workers", help="list the live workers (and master) registered in etcd, as JSON lines"
+    )
+    workers.add_argument("--node-id", default=os.environ.get("NODE_ID") or None)
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "workers":
+            return asyncio.run(_list_workers(args.node_id))
+        config = load_config(os.environ)
+    except ConfigError as exc:
+        return _config_error(exc)
+
+    if args.command == "check-config":
+        print(config)
+        return 0
+
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(
+        max(logging.WARNING, logging.getLevelName(config.log_level))
+    )
+    return asyncio.run(run(config))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

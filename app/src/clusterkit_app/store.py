@@ -1,0 +1,235 @@
+"""Durable job queue in Redis, sessions in Redis, documents in MongoDB.
+
+Redis keys (one Redis database per NODE_ID):
+  job:<id>        hash: payload, status (queued|dispatched|applied), attempts, submitted_at,
+                  applied_by, applied_at
+  jobs:queue      list of queued job ids (LPUSH on submit, RPOP on claim, RPUSH on re-queue)
+  jobs:inflight   zset of dispatched job ids, score = ack deadline (unix ms)
+  session:<id>    hash: requests counter (HINCRBY), expires after SESSION_TTL_S
+Every transition is one Lua script, so a crash at any point leaves each job either queued or
+in flight, never lost.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+from pymongo.write_concern import WriteConcern
+
+QUEUE = "jobs:queue"
+INFLIGHT = "jobs:inflight"
+SESSION_TTL_S = 1800
+APPLIED_RETENTION_S = 7 * 86400
+
+
+def job_key(job_id: str) -> str:
+    return f"job:{job_id}"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+_SUBMIT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'payload', ARGV[1], 'status', 'queued', 'attempts', 0,
+           'submitted_at', ARGV[2])
+redis.call('LPUSH', KEYS[2], ARGV[3])
+return 1
+"""
+
+_CLAIM = """
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+  local id = redis.call('RPOP', KEYS[1])
+  if not id then break end
+  local key = ARGV[3] .. id
+  local payload = redis.call('HGET', key, 'payload')
+  if payload then
+    redis.call('ZADD', KEYS[2], ARGV[2], id)
+    local attempts = redis.call('HINCRBY', key, 'attempts', 1)
+    redis.call('HSET', key, 'status', 'dispatched')
+    table.insert(out, id)
+    table.insert(out, payload)
+    table.insert(out, attempts)
+  end
+end
+return out
+"""
+
+_ACK = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], 'status', 'applied')
+if ARGV[2] ~= '' then
+  redis.call('HSETNX', KEYS[2], 'applied_by', ARGV[2])
+  redis.call('HSETNX', KEYS[2], 'applied_at', ARGV[3])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
+
+_REQUEUE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score then return 0 end
+if ARGV[2] ~= '' and tonumber(score) > tonumber(ARGV[2]) then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[3], 'status', 'queued')
+return 1
+"""
+
+_RECOVER = """
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+for _, id in ipairs(ids) do
+  redis.call('RPUSH', KEYS[2], id)
+  redis.call('HSET', ARGV[1] .. id, 'status', 'queued')
+end
+redis.call('DEL', KEYS[1])
+return #ids
+"""
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: str
+    payload_json: str
+    attempt: int
+
+
+def make_redis(host: str, port: int, password: str | None, db: int) -> aioredis.Redis:
+    return aioredis.Redis(
+        host=host,
+        port=port,
+        password=password,
+        db=db,
+        decode_responses=True,
+        socket_timeout=5,
+        socket_connect_timeout=3,
+        health_check_interval=15,
+    )
+
+
+class JobQueue:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._submit = redis.register_script(_SUBMIT)
+        self._claim = redis.register_script(_CLAIM)
+        self._ack = redis.register_script(_ACK)
+        self._requeue = redis.register_script(_REQUEUE)
+        self._recover = redis.register_script(_RECOVER)
+
+    async def submit(self, job_id: str, payload_json: str) -> bool:
+        """Store and enqueue a job atomically. False if the id already exists (idempotent)."""
+        created = await self._submit(
+            keys=[job_key(job_id), QUEUE], args=[payload_json, utcnow().isoformat(), job_id]
+        )
+        return bool(created)
+
+    async def claim(self, n: int, ack_timeout_s: float) -> list[ClaimedJob]:
+        deadline = now_ms() + int(ack_timeout_s * 1000)
+        flat: list[Any] = await self._claim(keys=[QUEUE, INFLIGHT], args=[n, deadline, "job:"])
+        return [
+            ClaimedJob(str(flat[i]), str(flat[i + 1]), int(flat[i + 2]))
+            for i in range(0, len(flat), 3)
+        ]
+
+    async def ack(self, job_id: str, worker_id: str) -> bool:
+        return bool(
+            await self._ack(
+                keys=[INFLIGHT, job_key(job_id)],
+                args=[job_id, worker_id, utcnow().isoformat(), APPLIED_RETENTION_S],
+            )
+        )
+
+    async def requeue(self, job_id: str, only_if_due: bool = False) -> bool:
+        max_score = str(now_ms()) if only_if_due else ""
+        return bool(
+            await self._requeue(keys=[INFLIGHT, QUEUE, job_key(job_id)], args=[job_id, max_score])
+        )
+
+    async def overdue(self, limit: int = 1000) -> list[str]:
+        ids = await self.redis.zrangebyscore(INFLIGHT, "-inf", now_ms(), start=0, num=limit)
+        return [str(i) for i in ids]
+
+    async def recover(self) -> int:
+        """Re-queue every in-flight job (called by a master that just took the lock)."""
+        return int(await self._recover(keys=[INFLIGHT, QUEUE], args=["job:"]))
+
+    async def depth(self) -> tuple[int, int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.llen(QUEUE)
+            pipe.zcard(INFLIGHT)
+            queued, inflight = await pipe.execute()
+        return int(queued), int(inflight)
+
+    async def get(self, job_id: str) -> dict[str, str]:
+        result = await self.redis.hgetall(job_key(job_id))
+        return {str(k): str(v) for k, v in result.items()}
+
+    async def touch_session(self, session: str) -> int:
+        key = f"session:{session}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(key, "requests", 1)
+            pipe.expire(key, SESSION_TTL_S)
+            count, _ = await pipe.execute()
+        return int(count)
+
+
+class Documents:
+    """MongoDB side: ``requests`` and ``applied_jobs`` (majority write concern)."""
+
+    def __init__(self, uri: str, database: str, appname: str) -> None:
+        self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            uri,
+            appname=appname,
+            serverSelectionTimeoutMS=5000,
+            connectTimeoutMS=3000,
+            w="majority",
+            tz_aware=True,
+        )
+        self.db: AsyncDatabase[dict[str, Any]] = self.client.get_database(
+            database, write_concern=WriteConcern(w="majority")
+        )
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def ping(self) -> None:
+        await self.db.command("ping")
+
+    async def insert_request(self, doc: dict[str, Any]) -> None:
+        await self.db.requests.insert_one(doc)
+
+    async def get_request(self, request_id: str) -> dict[str, Any] | None:
+        return await self.db.requests.find_one({"_id": request_id})
+
+    async def apply_job(self, job_id: str, worker_id: str, attempt: int, payload_json: str) -> bool:
+        """The idempotent apply: True if applied now, False if it had been applied before."""
+        try:
+            await self.db.applied_jobs.insert_one(
+                {
+                    "_id": job_id,
+                    "worker_id": worker_id,
+                    "applied_at": utcnow(),
+                    "attempt": attempt,
+                    "payload": payload_json,
+                }
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def get_applied(self, job_id: str) -> dict[str, Any] | None:
+        return await self.db.applied_jobs.find_one({"_id": job_id})
