@@ -9,6 +9,7 @@ named redis-server); mongod and etcd under the cache dir filled by ``scripts/tes
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -129,15 +130,11 @@ class Process:
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.alive():
             self.proc.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         if self.alive():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.proc.wait(5)
         if not self._log.closed:
             self._log.close()
@@ -162,6 +159,8 @@ class RedisServer:
             str(workdir),
             "--daemonize",
             "no",
+            "--databases",
+            "1024",
         ]
         if password:
             argv += ["--requirepass", password]
