@@ -109,7 +109,8 @@ class ClaimedJob:
 
 
 def make_redis(host: str, port: int, password: str | None, db: int) -> aioredis.Redis:
-    return aioredis.Redis(
+    # a blocking pool: under a burst, callers wait for a connection instead of failing
+    pool = aioredis.BlockingConnectionPool(
         host=host,
         port=port,
         password=password,
@@ -118,7 +119,10 @@ def make_redis(host: str, port: int, password: str | None, db: int) -> aioredis.
         socket_timeout=5,
         socket_connect_timeout=3,
         health_check_interval=15,
+        max_connections=64,
+        timeout=5,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 class JobQueue:
