@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 out=src/clusterkit_app/pb
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-python -m grpc_tools.protoc -I proto --python_out="$tmp" --pyi_out="$tmp" --grpc_python_out="$tmp" \
+"${PYTHON:-python}" -m grpc_tools.protoc -I proto --python_out="$tmp" --pyi_out="$tmp" --grpc_python_out="$tmp" \
   clusterkit/v1/jobs.proto
 # protoc emits absolute imports ("from clusterkit.v1 import jobs_pb2"): make them package-relative.
 sed -i 's/^from clusterkit\.v1 import jobs_pb2/from clusterkit_app.pb import jobs_pb2/' \

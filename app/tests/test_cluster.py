@@ -142,6 +142,17 @@ def test_standby_master_takes_over_after_kill9(cluster: Cluster) -> None:
     assert time.monotonic() - killed < 3 + 2  # within the lease TTL (plus the retry period)
 
 
+def test_master_that_loses_its_lease_stops(cluster: Cluster, etcd_server: EtcdServer) -> None:
+    master, health = cluster.start_master(LOCK_TTL_S="3")
+    master.wait_healthy(health)
+    key = f"{cluster.env['ETCD_PREFIX']}/nodes/{cluster.env['NODE_ID']}/master"
+    holder = json.loads(etcd_server.get(key) or "{}")
+    assert holder["pid"] == master.pid
+    etcd_server.revoke(holder["lease"])  # as if etcd had expired it
+    assert master.wait(10) == 4
+    assert "master lock lost" in master.log()
+
+
 def test_worker_sigterm_drains(cluster: Cluster, etcd_server: EtcdServer) -> None:
     master, health = cluster.start_master()
     master.wait_healthy(health)

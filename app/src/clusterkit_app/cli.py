@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 
 from . import __version__
@@ -63,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         return _config_error(exc)
 
     if args.command == "check-config":
-        print(config)
+        shown = dataclasses.asdict(config)
+        for key in ("grpc_token", "redis_password", "etcd_password"):
+            if shown[key]:
+                shown[key] = "***"
+        shown["mongodb_uri"] = re.sub(r"//[^@/]*@", "//***@", config.mongodb_uri)
+        print(json.dumps(shown, indent=2))
         return 0
 
     logging.basicConfig(

@@ -37,7 +37,7 @@ class Config:
     master_health_port: int = 7002
     redis_host: str = "127.0.0.1"
     redis_port: int = 6379
-    redis_password: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
     redis_db: int = 0
     mongodb_uri: str = "mongodb://127.0.0.1:27017"
     mongodb_database: str = "clusterkit"

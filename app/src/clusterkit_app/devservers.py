@@ -277,12 +277,18 @@ class EtcdServer:
         _etcd_post(self.url + "/v3/auth/enable", {})
         self.user, self.password = user, password
 
+    def _token(self) -> str | None:
+        if not self.user:
+            return None
+        body = {"name": self.user, "password": self.password}
+        token: str = _etcd_post(self.url + "/v3/auth/authenticate", body)["token"]
+        return token
+
+    def revoke(self, lease: int) -> None:
+        _etcd_post(self.url + "/v3/lease/revoke", {"ID": str(lease)}, self._token())
+
     def get(self, key: str) -> str | None:
-        token = None
-        if self.user:
-            token = _etcd_post(
-                self.url + "/v3/auth/authenticate", {"name": self.user, "password": self.password}
-            )["token"]
+        token = self._token()
         data = _etcd_post(
             self.url + "/v3/kv/range", {"key": base64.b64encode(key.encode()).decode()}, token
         )
