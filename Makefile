@@ -7,14 +7,14 @@ export ANSIBLE_FORCE_COLOR ?= 1
 INVENTORY ?= inventory/lab
 PLAYBOOK_ARGS ?=
 
-.PHONY: help up down deploy venv collections docker docker-stop lint unit molecule lab-test test clean
+.PHONY: help up down deploy venv collections docker docker-stop test-deps test
 
 help:
 	@echo "make up        create .venv, collections, Docker engine, then ansible-playbook site.yml"
 	@echo "make test      the whole test suite (deploys the lab first)"
 	@echo "make down      remove the lab (containers and network)"
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt app/pyproject.toml
 	@echo "venv: installing Python dependencies into $(VENV) ..."
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --progress-bar on -r requirements.txt
@@ -42,5 +42,9 @@ up: venv collections docker deploy
 down: venv collections docker
 	ansible-playbook -i $(INVENTORY) playbooks/teardown.yml
 
-test: venv collections docker
+# Servers the reference app's own tests start on 127.0.0.1 (no system service is started).
+test-deps:
+	@bash app/scripts/test-deps.sh >/dev/null && echo "test-deps: redis-server, mongod and etcd binaries ready"
+
+test: venv collections docker test-deps
 	@bash scripts/run-tests.sh
