@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import statistics
@@ -54,7 +55,7 @@ def main() -> None:
 
     report = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "make_up_fresh_hosts_s": round(up_s, 1),
         "noop_rerun_s": [round(x, 1) for x in noop],
         "noop_rerun_median_s": round(statistics.median(noop), 1),
