@@ -25,6 +25,7 @@ stage() {
 
 stage lint-python ruff check .
 stage format-python ruff format --check .
+stage lint-ansible ansible-lint
 stage unit python -m pytest tests/unit -q
 stage app bash -c "cd app && python -m pytest -q"
 stage deploy ansible-playbook site.yml
