@@ -16,9 +16,9 @@ INVENTORY = Path(os.environ.get("CLUSTERKIT_INVENTORY", ROOT / "inventory" / "la
 
 @cache
 def inventory() -> dict:
-    """`ansible-inventory --list` of the inventory under test (hostvars resolved)."""
+    """`ansible-inventory --list` of the inventory under test (group vars merged, not templated)."""
     out = subprocess.run(
-        ["ansible-inventory", "-i", str(INVENTORY), "--list", "--export"],
+        ["ansible-inventory", "-i", str(INVENTORY), "--list"],
         cwd=ROOT,
         check=True,
         capture_output=True,
