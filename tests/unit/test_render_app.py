@@ -1,0 +1,290 @@
+"""Render the app tier's templates and derived variables without any host.
+
+Templates go through a plain Jinja2 environment set up the way Ansible renders them
+(trim_blocks, keep_trailing_newline, the `comment` filter); the role's derived variables
+(master of each node ID, worker ports, connection strings, environment files) go through
+Ansible's own Templar with a made-up inventory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import jinja2
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATES = ROOT / "templates" / "app"
+ROLE = ROOT / "roles" / "app"
+
+
+def comment(text: str) -> str:
+    return "#\n" + "\n".join(f"# {line}" for line in text.splitlines()) + "\n#"
+
+
+def render(name: str, **variables: object) -> str:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        trim_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["comment"] = comment
+    return env.get_template(name).render(ansible_managed="Ansible managed", **variables)
+
+
+UNIT_VARS = {
+    "app_node_id": "node1",
+    "app_user": "clusterkit",
+    "app_group": "clusterkit",
+    "app_config_dir": "/etc/clusterkit",
+    "app_command": "/opt/clusterkit/app/venv/bin/clusterkit-app",
+    "app_restart_sec": 2,
+    "app_master_stop_timeout": 30,
+    "app_worker_stop_timeout": 45,
+    "app_worker_base_port": 8180,
+    "app_master_unit": "clusterkit-master.service",
+    "app_target_unit": "clusterkit-app.target",
+}
+
+
+def parse_unit(text: str) -> dict[str, list[tuple[str, str]]]:
+    """systemd unit syntax: [Section] and Key=Value lines, keys may repeat."""
+    sections: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = line[1:-1]
+            assert current not in sections, f"section {current} twice"
+            sections[current] = []
+            continue
+        assert current is not None, f"directive outside a section: {line}"
+        key, sep, value = line.partition("=")
+        assert sep, f"not a directive: {line}"
+        assert re.fullmatch(r"[A-Za-z]+", key), f"not a directive: {line}"
+        sections[current].append((key, value))
+    return sections
+
+
+def values(unit: dict[str, list[tuple[str, str]]], section: str, key: str) -> list[str]:
+    return [v for k, v in unit[section] if k == key]
+
+
+# -- environment files --------------------------------------------------------------------
+
+NASTY = {
+    "PLAIN": "node1",
+    "URI": "mongodb://u:p%2F@h1:27017,h2:27017/db?replicaSet=rs0&authSource=db",
+    "QUOTES": """it's "quoted" """,
+    "SHELL": "$HOME `id` $(id) \\n back\\slash",
+    "EMPTY": "",
+    "NUMBER": 8180,
+    "NONE": None,
+}
+
+
+def test_environment_file_lines_are_quoted_assignments() -> None:
+    text = render(
+        "environment.j2", app_env_description="test", app_env_vars=NASTY, app_group="clusterkit"
+    )
+    assert text.startswith("#\n# Ansible managed\n#\n")
+    assignments = [line for line in text.splitlines() if not line.startswith("#")]
+    assert len(assignments) == len(NASTY)
+    for line in assignments:
+        assert re.fullmatch(r'[A-Z_][A-Z0-9_]*=".*"', line), line
+    # Sorted, so the file only changes when a value does.
+    names = [line.split("=", 1)[0] for line in assignments]
+    assert names == sorted(names)
+
+
+def test_environment_file_reads_back_exactly_in_a_posix_shell(tmp_path: Path) -> None:
+    path = tmp_path / "app.env"
+    path.write_text(
+        render(
+            "environment.j2", app_env_description="t", app_env_vars=NASTY, app_group="clusterkit"
+        )
+    )
+    # Exactly what the role's `validate:` does before the app's check-config runs.
+    script = (
+        'set -a; . "$1"; exec python3 -c '
+        '"import json, os; print(json.dumps({k: os.environ[k] for k in os.environ}))"'
+    )
+    out = subprocess.run(
+        ["/usr/bin/env", "-i", "PATH=/usr/bin:/bin", "/bin/sh", "-c", script, "sh", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    env = json.loads(out)
+    expected = {k: "" if v is None else str(v) for k, v in NASTY.items()}
+    assert {k: env[k] for k in expected} == expected
+
+
+# -- systemd units --------------------------------------------------------------------------
+
+
+def test_master_unit() -> None:
+    text = render("clusterkit-master.service.j2", **UNIT_VARS)
+    assert text.startswith("#\n# Ansible managed\n#\n")
+    unit = parse_unit(text)
+    assert set(unit) == {"Unit", "Service", "Install"}
+    assert values(unit, "Unit", "PartOf") == ["clusterkit-app.target"]
+    assert values(unit, "Service", "ExecStart") == [UNIT_VARS["app_command"]]
+    assert values(unit, "Service", "User") == ["clusterkit"]
+    assert values(unit, "Service", "EnvironmentFile") == [
+        "/etc/clusterkit/app.env",
+        "/etc/clusterkit/master.env",
+    ]
+    assert values(unit, "Service", "Restart") == ["on-failure"]
+    assert values(unit, "Service", "RestartPreventExitStatus") == ["2"]
+    assert values(unit, "Service", "TimeoutStopSec") == ["30"]
+    assert values(unit, "Install", "WantedBy") == ["clusterkit-app.target"]
+    # No secret ever goes into a unit (units are world-readable).
+    assert not values(unit, "Service", "Environment")
+
+
+def test_worker_unit_is_a_template_ordered_after_the_master() -> None:
+    unit = parse_unit(render("clusterkit-worker@.service.j2", **UNIT_VARS))
+    after = " ".join(values(unit, "Unit", "After")).split()
+    # Ordered after the master: stopping both stops the workers first.
+    assert "clusterkit-master.service" in after
+    assert values(unit, "Unit", "PartOf") == ["clusterkit-app.target"]
+    assert values(unit, "Service", "Environment") == ["SERVER_PORT=%i"]
+    assert values(unit, "Service", "EnvironmentFile") == [
+        "/etc/clusterkit/app.env",
+        "/etc/clusterkit/worker.env",
+    ]
+    assert values(unit, "Service", "ExecStart") == [UNIT_VARS["app_command"]]
+    assert values(unit, "Service", "Restart") == ["on-failure"]
+    assert values(unit, "Service", "TimeoutStopSec") == ["45"]
+    assert values(unit, "Install", "WantedBy") == ["clusterkit-app.target"]
+
+
+def test_target_unit_starts_with_the_system() -> None:
+    unit = parse_unit(render("clusterkit-app.target.j2", **UNIT_VARS))
+    assert values(unit, "Install", "WantedBy") == ["multi-user.target"]
+
+
+# -- derived variables (Ansible's own templating) ----------------------------------------
+
+ansible_template = pytest.importorskip("ansible.template")
+
+
+def _trust(value: object) -> object:
+    if isinstance(value, str):
+        return ansible_template.trust_as_template(value)
+    if isinstance(value, dict):
+        return {k: _trust(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_trust(v) for v in value]
+    return value
+
+
+HOSTVARS = {
+    "app1": {"clusterkit_address": "10.0.0.21"},
+    "app2": {"clusterkit_address": "10.0.0.22"},
+    "app3": {"clusterkit_address": "10.0.0.23", "app_node_id": "node2"},
+    "data1": {"clusterkit_address": "10.0.0.31", "redis_port": 6380},
+    "data2": {"clusterkit_address": "10.0.0.32"},
+    "data3": {"clusterkit_address": "10.0.0.33"},
+}
+GROUPS = {
+    "app_master": ["app1", "app3"],
+    "app_workers": ["app1", "app2", "app3"],
+    "redis": ["data1"],
+    "mongodb": ["data1", "data2", "data3"],
+    "etcd": ["data1", "data2", "data3"],
+}
+
+
+def derived(host: str, **overrides: object):
+    from ansible.parsing.dataloader import DataLoader
+
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    role_vars = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+    variables = {
+        **_trust(defaults),
+        # inventory and extra values, then the role's vars/ (highest precedence, as in Ansible)
+        **HOSTVARS[host],
+        "groups": GROUPS,
+        "hostvars": HOSTVARS,
+        "inventory_hostname": host,
+        "role_path": "/repo/roles/app",
+        "app_redis_password": "redis-pw",
+        "app_mongodb_password": "p/w@x",
+        "app_etcd_password": "etcd-pw",
+        "app_grpc_token": "token",
+        **overrides,
+        **_trust(role_vars),
+    }
+    templar = ansible_template.Templar(loader=DataLoader(), variables=variables)
+
+    def get(name: str):
+        return templar.template(ansible_template.trust_as_template("{{ " + name + " }}"))
+
+    return get
+
+
+def test_worker_host_finds_the_master_of_its_node_id() -> None:
+    get = derived("app2")
+    assert get("app_master_host") == "app1"
+    assert get("app_master_address") == "10.0.0.21"
+    assert get("app_runs_master") is False
+    assert get("app_worker_ports") == [8180, 8181]
+    worker = get("app_env_worker")
+    assert worker == {
+        "MODE": "worker",
+        "BIND_ADDRESS": "10.0.0.22",
+        "MASTER_SERVER_IP": "10.0.0.21",
+        "MASTER_SERVER_PORT": 7001,
+    }
+
+
+def test_second_node_id_has_its_own_master() -> None:
+    get = derived("app3", app_node_id="node2")
+    assert get("app_node_master_hosts") == ["app3"]
+    assert get("app_master_address") == "10.0.0.23"
+    assert get("app_runs_master") is True
+    assert get("app_env_master")["MASTER_SERVER_IP"] == "10.0.0.23"
+    assert get("app_env_shared")["NODE_ID"] == "node2"
+
+
+def test_connection_strings_from_the_data_groups() -> None:
+    shared = derived("app1")("app_env_shared")
+    assert shared["REDIS_HOST"] == "10.0.0.31"
+    assert shared["REDIS_PORT"] == 6380  # the redis host's redis_port wins over 6379
+    assert shared["MONGODB_URI"] == (
+        "mongodb://clusterkit:p%2Fw%40x@10.0.0.31:27017,10.0.0.32:27017,10.0.0.33:27017"
+        "/clusterkit?replicaSet=rs0&authSource=clusterkit"
+    )
+    assert shared["ETCD_ENDPOINTS"] == (
+        "http://10.0.0.31:2379,http://10.0.0.32:2379,http://10.0.0.33:2379"
+    )
+    assert shared["ETCD_USER"] == "clusterkit"
+    assert shared["GRPC_TOKEN"] == "token"
+
+
+def test_extra_environment_overrides_and_extends() -> None:
+    get = derived(
+        "app1",
+        app_environment={"SERVICE_TIME_MS": 0, "REDIS_DB": 3},
+        app_worker_environment={"DRAIN_GRACE_S": 2},
+    )
+    shared = get("app_env_shared")
+    assert shared["SERVICE_TIME_MS"] == 0
+    assert shared["REDIS_DB"] == 3
+    assert get("app_env_worker")["DRAIN_GRACE_S"] == 2
+    assert "DRAIN_GRACE_S" not in get("app_env_master")
+
+
+def test_workers_per_host_sets_the_ports_and_zero_removes_all() -> None:
+    assert derived("app2", app_workers_per_host=4)("app_worker_ports") == [8180, 8181, 8182, 8183]
+    assert derived("app2", app_workers_per_host=0)("app_worker_ports") == []
+    assert derived("data1")("app_worker_ports") == []  # not in group app_workers
