@@ -9,7 +9,10 @@ testinfra_hosts = ["ansible://redis"]
 
 # The password never appears in this file or in a command line: the shell reads it from the
 # file the role wrote and hands it to redis-cli through REDISCLI_AUTH.
-AUTH = """REDISCLI_AUTH="$(sed -n 's/^requirepass "\\(.*\\)"$/\\1/p' /etc/redis/redis-auth.conf)" """
+AUTH = 'REDISCLI_AUTH="$(sed -n \'s/^requirepass "\\(.*\\)"$/\\1/p\' /etc/redis/redis-auth.conf)" '
+
+
+DROPIN = "/etc/systemd/system/redis-server.service.d/clusterkit-container.conf"
 
 
 def cli(host, *args, address="127.0.0.1", auth=True):
@@ -51,13 +54,20 @@ def test_container_dropin_relaxes_only_private_users(host):
         ).splitlines()
     )
     assert props["PrivateUsers"] == "no"
-    assert "/etc/systemd/system/redis-server.service.d/clusterkit-container.conf" in props["DropInPaths"]
+    assert DROPIN in props["DropInPaths"]
     # Debian's hardening stays in force.
     assert props["ProtectSystem"] == "strict"
-    for key in ("NoNewPrivileges", "PrivateTmp", "PrivateDevices", "RestrictNamespaces", "MemoryDenyWriteExecute"):
+    hardening = (
+        "NoNewPrivileges",
+        "PrivateTmp",
+        "PrivateDevices",
+        "RestrictNamespaces",
+        "MemoryDenyWriteExecute",
+    )
+    for key in hardening:
         assert props[key] == "yes", key
-    dropin = host.file("/etc/systemd/system/redis-server.service.d/clusterkit-container.conf")
-    settings = [line for line in dropin.content_string.splitlines() if line and not line.startswith(("#", "["))]
+    lines = host.file(DROPIN).content_string.splitlines()
+    settings = [line for line in lines if line and not line.startswith(("#", "["))]
     assert settings == ["PrivateUsers=no"]
 
 
@@ -85,7 +95,7 @@ def test_authenticated_ping_answers(host, private_address):
 
 
 @pytest.mark.parametrize(
-    "name, value",
+    ("name", "value"),
     [
         ("appendonly", "yes"),
         ("appendfsync", "everysec"),
@@ -140,7 +150,8 @@ def test_data_survives_a_restart(host):
 def test_validator_accepts_the_deployed_config_and_rejects_a_bad_one(host):
     assert host.run("clusterkit-redis-validate /etc/redis/redis.conf").rc == 0
     host.check_output(
-        "sed 's/^maxmemory-policy .*/maxmemory-policy bogus/' /etc/redis/redis.conf > /tmp/bad-redis.conf"
+        "sed 's/^maxmemory-policy .*/maxmemory-policy bogus/' /etc/redis/redis.conf"
+        " > /tmp/bad-redis.conf"
     )
     bad = host.run("clusterkit-redis-validate /tmp/bad-redis.conf")
     assert bad.rc == 1

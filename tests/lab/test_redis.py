@@ -1,0 +1,194 @@
+"""Redis on the deployed lab, seen from the controller like the app tier sees it.
+
+Run after `ansible-playbook playbooks/data.yml` (or `site.yml`):
+`python -m pytest tests/lab/test_redis.py`.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+
+import pytest
+import redis
+import testinfra
+
+from tests.conftest import INVENTORY, address, group_hosts, hostvar, secret
+
+REDIS_HOSTS = group_hosts("redis")
+PORT = 6379
+
+
+def setting(host: str, name: str, default):
+    try:
+        return hostvar(host, name)
+    except KeyError:
+        return default
+
+
+@pytest.fixture(scope="module")
+def redis_host() -> str:
+    assert REDIS_HOSTS, "inventory has no host in group redis"
+    return REDIS_HOSTS[0]
+
+
+def resolved_connection(name: str) -> tuple[str, str]:
+    """The host's ansible_connection and ansible_host, templated the way Ansible does."""
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar
+    from ansible.vars.manager import VariableManager
+
+    loader = DataLoader()
+    inventory = InventoryManager(loader=loader, sources=[str(INVENTORY)])
+    variables = VariableManager(loader=loader, inventory=inventory).get_vars(
+        host=inventory.get_host(name)
+    )
+    templar = Templar(loader=loader, variables=variables)
+    return (
+        templar.template(variables.get("ansible_connection", "ssh")),
+        templar.template(variables.get("ansible_host", name)),
+    )
+
+
+@pytest.fixture(scope="module")
+def host(redis_host: str):
+    """Testinfra host of the Redis server. Lab hosts (docker connection, templated
+    ansible_host, which Testinfra's ansible:// backend would take literally) are reached by
+    `docker exec` into their resolved container; any other host through Ansible itself."""
+    connection, target = resolved_connection(redis_host)
+    if connection in ("community.docker.docker", "docker"):
+        return testinfra.get_host(f"docker://{target}")
+    return testinfra.get_host(
+        f"ansible://{redis_host}?ansible_inventory={INVENTORY}&force_ansible=True"
+    )
+
+
+@pytest.fixture(scope="module")
+def client(redis_host: str) -> redis.Redis:
+    c = redis.Redis(
+        host=address(redis_host),
+        port=PORT,
+        password=secret("redis_password"),
+        socket_timeout=5,
+        decode_responses=True,
+    )
+    yield c
+    c.close()
+
+
+def raw_command(host_address: str, line: bytes) -> bytes:
+    """Send one inline command on a fresh connection (no AUTH) and return the reply line."""
+    with socket.create_connection((host_address, PORT), timeout=5) as sock:
+        sock.sendall(line + b"\r\n")
+        return sock.recv(256)
+
+
+def test_unauthenticated_ping_is_refused_with_noauth(redis_host: str) -> None:
+    reply = raw_command(address(redis_host), b"PING")
+    assert reply.startswith(b"-NOAUTH"), reply
+
+
+def test_unauthenticated_client_gets_nothing(redis_host: str) -> None:
+    anonymous = redis.Redis(host=address(redis_host), port=PORT, socket_timeout=5)
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.get("anything")
+    anonymous.close()
+
+
+def test_wrong_password_is_refused(redis_host: str) -> None:
+    intruder = redis.Redis(
+        host=address(redis_host), port=PORT, password="not-the-password", socket_timeout=5
+    )
+    with pytest.raises(redis.AuthenticationError):
+        intruder.ping()
+    intruder.close()
+
+
+def test_authenticated_ping_answers_pong(redis_host: str) -> None:
+    with socket.create_connection((address(redis_host), PORT), timeout=5) as sock:
+        sock.sendall(b"AUTH " + secret("redis_password").encode() + b"\r\nPING\r\n")
+        received = b""
+        while received.count(b"\r\n") < 2:
+            chunk = sock.recv(256)
+            assert chunk, "connection closed"
+            received += chunk
+    assert received == b"+OK\r\n+PONG\r\n"
+
+
+def test_append_only_file_is_on(client: redis.Redis) -> None:
+    assert client.config_get("appendonly") == {"appendonly": "yes"}
+    persistence = client.info("persistence")
+    assert persistence["aof_enabled"] == 1
+    assert persistence["aof_last_write_status"] == "ok"
+
+
+def test_memory_limit_and_policy(client: redis.Redis, redis_host: str) -> None:
+    policy = setting(redis_host, "redis_maxmemory_policy", "volatile-lru")
+    assert client.config_get("maxmemory-policy") == {"maxmemory-policy": policy}
+    assert int(client.config_get("maxmemory")["maxmemory"]) > 0
+
+
+def test_binds_private_address_and_loopback_only(client: redis.Redis, redis_host: str) -> None:
+    assert client.config_get("bind") == {"bind": f"{address(redis_host)} 127.0.0.1"}
+    assert client.config_get("unixsocket") == {"unixsocket": ""}
+    assert client.config_get("tls-port") == {"tls-port": "0"}
+
+
+@pytest.fixture(scope="module")
+def host_view(host) -> dict[str, str]:
+    """What the Redis host itself reports, gathered in one command (each is an Ansible run)."""
+    out = host.check_output(
+        "echo active=$(systemctl is-active redis-server);"
+        " echo enabled=$(systemctl is-enabled redis-server);"
+        " systemctl show redis-server -p PrivateUsers -p ProtectSystem -p NoNewPrivileges;"
+        f" echo listening=$(ss -Hltn 'sport = :{PORT}' | awk '{{print $4}}' | sort | xargs)"
+    )
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def test_listening_sockets_on_the_host(host_view: dict[str, str], redis_host: str) -> None:
+    expected = sorted([f"{address(redis_host)}:{PORT}", f"127.0.0.1:{PORT}"])
+    assert host_view["listening"].split() == expected
+
+
+def test_unit_runs_with_debians_hardening(host_view: dict[str, str]) -> None:
+    assert host_view["active"] == "active"
+    assert host_view["enabled"] == "enabled"
+    assert host_view["ProtectSystem"] == "strict"
+    assert host_view["NoNewPrivileges"] == "yes"
+
+
+@pytest.mark.parametrize("command", ["FLUSHALL", "FLUSHDB"])
+def test_dangerous_commands_are_disabled(client: redis.Redis, command: str) -> None:
+    with pytest.raises(redis.ResponseError, match="unknown command"):
+        client.execute_command(command)
+
+
+def test_unit_runs_with_the_container_dropin_only_where_needed(host) -> None:
+    service = host.service("redis-server")
+    assert service.is_running
+    assert service.is_enabled
+    props = host.check_output("systemctl show redis-server -p PrivateUsers -p ProtectSystem")
+    assert "ProtectSystem=strict" in props
+
+
+def test_data_survives_a_restart(client: redis.Redis, host) -> None:
+    key = f"clusterkit:labtest:{uuid.uuid4()}"
+    value = uuid.uuid4().hex
+    client.set(key, value)
+    try:
+        host.check_output("systemctl restart redis-server")
+        deadline = time.time() + 60
+        while True:
+            try:
+                if client.ping():
+                    break
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                pass
+            assert time.time() < deadline, "redis did not come back after the restart"
+            time.sleep(0.5)
+        assert client.get(key) == value
+    finally:
+        client.delete(key)
