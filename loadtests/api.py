@@ -14,9 +14,11 @@ front end (HAProxy stats) unless `--workers` is given.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import _lab
 from locust import FastHttpUser, constant, events, task
@@ -51,6 +53,11 @@ def add_arguments(parser) -> None:
         default=2000,
         help="Fail when the p95 response time exceeds this (default 2000 ms: closed-loop users "
         "wait in HAProxy's queue, so p95 ≈ users / throughput plus the service time)",
+    )
+    group.add_argument(
+        "--report-json",
+        default="",
+        help="Write the run's figures (throughput, latency, errors, per-worker counts) here",
     )
     group.add_argument(
         "--workers",
@@ -124,6 +131,28 @@ def evaluate(environment: Environment, workers: int) -> list[str]:
     return misses
 
 
+def write_report(environment: Environment, workers: int, source: str, path: str) -> None:
+    total = environment.stats.total
+    report = {
+        "workers": workers,
+        "workers_source": source,
+        "users": environment.runner.target_user_count if environment.runner else None,
+        "duration_s": round(total.last_request_timestamp - total.start_time, 3)
+        if total.last_request_timestamp
+        else 0.0,
+        "requests": total.num_requests,
+        "failures": total.num_failures,
+        "error_ratio": total.fail_ratio,
+        "throughput_rps": served_rps(environment),
+        "per_worker_rps": served_rps(environment) / workers if workers else 0.0,
+        "p50_ms": total.get_response_time_percentile(0.5),
+        "p95_ms": total.get_response_time_percentile(0.95),
+        "p99_ms": total.get_response_time_percentile(0.99),
+        "per_worker_requests": dict(sorted(per_worker.items())),
+    }
+    Path(path).write_text(json.dumps(report, indent=2) + "\n")
+
+
 @events.quitting.add_listener
 def check_thresholds(environment: Environment, **_kwargs) -> None:
     if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
@@ -148,6 +177,8 @@ def check_thresholds(environment: Environment, **_kwargs) -> None:
         )
     for line in lines:
         log.info(line)
+    if opts.report_json:
+        write_report(environment, workers, source, opts.report_json)
     if not environment.parsed_options.headless:
         return
     misses = evaluate(environment, workers)
