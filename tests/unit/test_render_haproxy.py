@@ -1,0 +1,236 @@
+"""Render the haproxy template the way Ansible does and check what HAProxy would read.
+
+A plain Jinja2 environment (trim_blocks, keep_trailing_newline, stand-ins for Ansible's
+`comment` and `bool` filters) renders templates/haproxy/haproxy.cfg.j2 with the role's
+defaults and a representative inventory (two app hosts, two workers each). The output is
+split into sections and checked; when a `haproxy` binary is on the controller, the file also
+goes through `haproxy -c`, as the role's `validate:` step does.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import jinja2
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATES = ROOT / "templates" / "haproxy"
+DEFAULTS = yaml.safe_load((ROOT / "roles" / "haproxy" / "defaults" / "main.yml").read_text())
+SPECS = yaml.safe_load((ROOT / "roles" / "haproxy" / "meta" / "argument_specs.yml").read_text())
+ROLE_VARS = yaml.safe_load((ROOT / "roles" / "haproxy" / "vars" / "main.yml").read_text())
+
+SERVERS = [
+    {"name": f"{host}-{port}", "address": address, "port": port}
+    for host, address in (("app1", "10.77.0.21"), ("app2", "10.77.0.22"))
+    for port in (8180, 8181)
+]
+HASH = "$6$0123456789abcdef$" + "x" * 86
+
+
+def comment(text: str) -> str:
+    return "\n".join("# " + line if line else "#" for line in text.splitlines())
+
+
+def to_bool(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"yes", "on", "1", "true", "y", "t"}
+    return bool(value)
+
+
+def render(**overrides) -> str:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        trim_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["comment"] = comment
+    env.filters["bool"] = to_bool
+    variables = dict(DEFAULTS)
+    variables.update(
+        ansible_managed="Ansible managed",
+        haproxy_api_bind_addresses=["10.77.0.10", "127.0.0.1"],
+        haproxy_stats_bind_addresses=["10.77.0.10", "127.0.0.1"],
+        haproxy_backend_servers=SERVERS,
+        haproxy_stats_password="not-used-by-the-template",
+        haproxy_stats_password_hash=HASH,
+        haproxy_idle_close=True,
+    )
+    variables.update(overrides)
+    return env.get_template("haproxy.cfg.j2").render(**variables)
+
+
+def sections(text: str) -> dict[str, list[list[str]]]:
+    """{"<keyword> <name>": [[word, ...] per line]}: a section starts at column 0."""
+    out: dict[str, list[list[str]]] = {}
+    current = None
+    for raw in text.splitlines():
+        line = (
+            raw.split("#", 1)[0].rstrip()
+            if not raw.lstrip().startswith("log-format")
+            else raw.rstrip()
+        )
+        if not line.strip():
+            continue
+        if not raw[0].isspace():
+            current = line.strip()
+            assert current not in out, f"section {current} twice"
+            out[current] = []
+        else:
+            assert current is not None, f"directive outside a section: {raw!r}"
+            out[current].append(line.split())
+    return out
+
+
+def directives(section: list[list[str]], keyword: str) -> list[list[str]]:
+    return [words[1:] for words in section if words[0] == keyword]
+
+
+def test_defaults_render_every_section() -> None:
+    text = render()
+    assert "Ansible managed" in text.splitlines()[0]
+    assert "{{" not in text
+    assert "{%" not in text
+    assert list(sections(text)) == [
+        "global",
+        "defaults",
+        "frontend api",
+        "backend app_workers",
+        "userlist stats_users",
+        "frontend stats",
+    ]
+
+
+def test_backend_lists_every_worker_with_checks_and_limit() -> None:
+    backend = sections(render())["backend app_workers"]
+    assert directives(backend, "server") == [
+        [s["name"], f"{s['address']}:{s['port']}"] for s in SERVERS
+    ]
+    assert directives(backend, "balance") == [["leastconn"]]
+    assert directives(backend, "option") == [["httpchk"]]
+    assert directives(backend, "http-check") == [
+        ["send", "meth", "GET", "uri", "/healthz"],
+        ["expect", "status", "200"],
+    ]
+    (default_server,) = directives(backend, "default-server")
+    settings = dict(zip(default_server[1::2], default_server[2::2], strict=False))
+    assert default_server[0] == "check"
+    assert settings == {"inter": "1s", "downinter": "2s", "fall": "2", "rise": "2", "maxconn": "1"}
+
+
+def test_dead_worker_is_detected_within_about_three_seconds() -> None:
+    seconds = {"1s": 1.0}
+    inter = seconds[DEFAULTS["haproxy_health_check_inter"]]
+    check = seconds[DEFAULTS["haproxy_timeout_check"]]
+    assert DEFAULTS["haproxy_health_check_fall"] * inter + check <= 3.0
+
+
+def test_no_worker_limit_when_maxconn_is_zero() -> None:
+    backend = sections(render(haproxy_server_maxconn=0))["backend app_workers"]
+    (default_server,) = directives(backend, "default-server")
+    assert "maxconn" not in default_server
+
+
+@pytest.mark.parametrize("algorithm", ROLE_VARS["haproxy_balance_choices"])
+def test_balance_choices_match_the_argument_spec(algorithm: str) -> None:
+    spec = SPECS["argument_specs"]["main"]["options"]["haproxy_balance"]
+    assert algorithm in spec["choices"]
+    assert directives(
+        sections(render(haproxy_balance=algorithm))["backend app_workers"], "balance"
+    ) == [[algorithm]]
+
+
+def test_every_default_is_declared_in_the_argument_spec() -> None:
+    options = SPECS["argument_specs"]["main"]["options"]
+    assert sorted(DEFAULTS) == sorted(options)
+
+
+def test_defaults_section_has_retries_redispatch_and_explicit_timeouts() -> None:
+    defaults = sections(render())["defaults"]
+    timeouts = {words[0]: words[1] for words in directives(defaults, "timeout")}
+    assert set(timeouts) == {
+        "connect",
+        "client",
+        "server",
+        "queue",
+        "http-request",
+        "http-keep-alive",
+        "check",
+    }
+    assert ["redispatch", "1"] in directives(defaults, "option")
+    assert ["idle-close-on-response"] in directives(defaults, "option")
+    assert directives(defaults, "retries") == [["3"]]
+    assert directives(defaults, "retry-on") == [["conn-failure", "empty-response"]]
+    assert directives(defaults, "load-server-state-from-file") == [["global"]]
+    older = sections(render(haproxy_idle_close=False, haproxy_server_state_file=""))
+    assert ["idle-close-on-response"] not in directives(older["defaults"], "option")
+    assert directives(older["global"], "server-state-file") == []
+
+
+def test_runtime_socket_is_admin_for_root_and_group_haproxy() -> None:
+    (socket,) = directives(sections(render())["global"], "stats")[:1]
+    assert socket[:2] == ["socket", "/run/haproxy/admin.sock"]
+    opts = socket[2:]
+    assert opts[opts.index("mode") + 1] == "660"
+    assert opts[opts.index("level") + 1] == "admin"
+    assert opts[opts.index("user") + 1] == "root"
+    assert opts[opts.index("group") + 1] == "haproxy"
+    assert "expose-fd" in opts
+
+
+def test_stats_frontend_asks_for_credentials_before_metrics() -> None:
+    parsed = sections(render())
+    assert directives(parsed["userlist stats_users"], "user") == [["admin", "password", HASH]]
+    stats = parsed["frontend stats"]
+    assert directives(stats, "bind") == [["10.77.0.10:8404"], ["127.0.0.1:8404"]]
+    rules = [" ".join(words) for words in directives(stats, "http-request")]
+    assert rules[0].startswith("auth realm clusterkit-haproxy unless { http_auth(stats_users) }")
+    assert rules[1] == "use-service prometheus-exporter if { path /metrics }"
+    public = [
+        " ".join(w)
+        for w in directives(
+            sections(render(haproxy_prometheus_auth=False))["frontend stats"], "http-request"
+        )
+    ]
+    assert public[0].startswith("use-service prometheus-exporter")
+
+
+def test_stats_can_be_turned_off() -> None:
+    parsed = sections(render(haproxy_stats_enabled=False))
+    assert "frontend stats" not in parsed
+    assert "userlist stats_users" not in parsed
+
+
+def test_api_frontend_binds_private_address_and_loopback() -> None:
+    api = sections(render())["frontend api"]
+    assert directives(api, "bind") == [["10.77.0.10:8000"], ["127.0.0.1:8000"]]
+    assert directives(api, "default_backend") == [["app_workers"]]
+
+
+@pytest.mark.parametrize(
+    ("variable", "section"),
+    [
+        ("haproxy_extra_global", "global"),
+        ("haproxy_extra_defaults", "defaults"),
+        ("haproxy_extra_frontend", "frontend api"),
+        ("haproxy_extra_backend", "backend app_workers"),
+    ],
+)
+def test_escape_hatches_land_in_their_section(variable: str, section: str) -> None:
+    parsed = sections(render(**{variable: "bogus_directive on\nanother one"}))
+    assert ["bogus_directive", "on"] in parsed[section]
+    assert ["another", "one"] in parsed[section]
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="no haproxy binary on the controller")
+def test_haproxy_accepts_the_rendered_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(
+        render(haproxy_runtime_socket=str(tmp_path / "admin.sock"), haproxy_server_state_file="")
+    )
+    result = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
