@@ -1,0 +1,190 @@
+"""The deployed MongoDB replica set, from the controller the way the app tier sees it: `hello`
+on every member, refusal of unauthenticated writes, the application user's majority writes and
+reads, a multi-document transaction, the admin user; plus the service on each host.
+
+Run after `ansible-playbook playbooks/data.yml` (or `site.yml`):
+`python -m pytest tests/lab/test_mongodb.py`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from functools import cache
+
+import pytest
+import testinfra
+from pymongo import MongoClient, ReadPreference
+from pymongo.errors import OperationFailure
+from pymongo.read_concern import ReadConcern
+from pymongo.write_concern import WriteConcern
+
+from tests.conftest import INVENTORY, address, group_hosts, secret
+
+MEMBERS = group_hosts("mongodb")
+PORT = 27017
+REPLSET = "rs0"
+TIMEOUT_MS = 10000
+
+
+def seeds() -> list[str]:
+    return [f"{address(h)}:{PORT}" for h in MEMBERS]
+
+
+def client(user: str | None = None, password: str | None = None, source: str = "admin", **kw) -> MongoClient:
+    options = dict(replicaSet=REPLSET, serverSelectionTimeoutMS=TIMEOUT_MS, connectTimeoutMS=TIMEOUT_MS)
+    if user:
+        options.update(username=user, password=password, authSource=source)
+    options.update(kw)
+    return MongoClient(seeds(), **options)
+
+
+@cache
+def resolved_connection(name: str) -> tuple[str, str]:
+    """The host's ansible_connection and ansible_host, templated the way Ansible does (the lab's
+    ansible_host is a template, which Testinfra's ansible:// backend would take literally)."""
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar
+    from ansible.vars.manager import VariableManager
+
+    loader = DataLoader()
+    inventory = InventoryManager(loader=loader, sources=[str(INVENTORY)])
+    variables = VariableManager(loader=loader, inventory=inventory).get_vars(host=inventory.get_host(name))
+    templar = Templar(loader=loader, variables=variables)
+    return (
+        templar.template(variables.get("ansible_connection", "ssh")),
+        templar.template(variables.get("ansible_host", name)),
+    )
+
+
+@pytest.fixture(scope="module", params=MEMBERS)
+def host(request):
+    """Testinfra host of each member: `docker exec` for lab hosts, Ansible for any other."""
+    connection, target = resolved_connection(request.param)
+    if connection in ("community.docker.docker", "docker"):
+        return testinfra.get_host(f"docker://{target}")
+    return testinfra.get_host(f"ansible://{request.param}?ansible_inventory={INVENTORY}&force_ansible=True")
+
+
+@pytest.fixture(scope="module")
+def app():
+    c = client("clusterkit", secret("mongodb_app_password"), source="clusterkit")
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def admin():
+    c = client("admin", secret("mongodb_admin_password"))
+    yield c
+    c.close()
+
+
+# ---------------------------------------------------------------- each host
+
+
+def test_mongod_enabled_running_as_mongodb(host):
+    service = host.service("mongod")
+    assert service.is_enabled
+    assert service.is_running
+    assert host.check_output("ps -o user= -C mongod").strip() == "mongodb"
+
+
+def test_mongod_listens_on_loopback_and_private_address(host):
+    sockets = host.check_output("ss -Hltn 'sport = :%d'" % PORT)
+    assert f"127.0.0.1:{PORT}" in sockets
+    assert "0.0.0.0" not in sockets and "*:" not in sockets
+
+
+def test_keyfile_is_private_to_mongodb(host):
+    keyfile = host.file("/etc/mongodb/keyfile")
+    assert keyfile.user == "mongodb"
+    assert keyfile.mode == 0o400
+
+
+# ---------------------------------------------------------------- the replica set
+
+
+@pytest.mark.parametrize("member", MEMBERS)
+def test_hello_shows_three_members_and_a_primary(member):
+    with MongoClient(address(member), PORT, directConnection=True, serverSelectionTimeoutMS=TIMEOUT_MS) as c:
+        hello = c.admin.command("hello")
+    assert hello["setName"] == REPLSET
+    assert sorted(hello["hosts"]) == sorted(seeds())
+    assert len(hello["hosts"]) == len(MEMBERS) == 3
+    assert hello["primary"] in seeds()
+    assert hello["isWritablePrimary"] or hello["secondary"]
+    assert hello["me"] == f"{address(member)}:{PORT}"
+
+
+def test_exactly_one_primary_and_healthy_secondaries(admin):
+    status = admin.admin.command("replSetGetStatus")
+    states = sorted(m["stateStr"] for m in status["members"])
+    assert states == ["PRIMARY", "SECONDARY", "SECONDARY"]
+    assert all(m["health"] == 1 for m in status["members"])
+
+
+def test_unauthenticated_insert_is_refused():
+    with client() as anonymous:
+        with pytest.raises(OperationFailure) as err:
+            anonymous.clusterkit.lab_probe.insert_one({"anonymous": True})
+    assert err.value.code == 13  # Unauthorized
+
+
+def test_wrong_password_is_refused():
+    with client("clusterkit", "not-the-password", source="clusterkit") as wrong:
+        with pytest.raises(OperationFailure) as err:
+            wrong.clusterkit.command("ping")
+    assert err.value.code == 18  # AuthenticationFailed
+
+
+def test_app_user_writes_and_reads_with_majority(app):
+    coll = app.clusterkit.get_collection(
+        "lab_probe", write_concern=WriteConcern(w="majority", wtimeout=TIMEOUT_MS), read_concern=ReadConcern("majority")
+    )
+    marker = uuid.uuid4().hex
+    result = coll.insert_one({"_id": marker, "from": "test_mongodb"})
+    assert result.acknowledged
+    assert coll.find_one({"_id": marker})["from"] == "test_mongodb"
+    # A majority-committed write is visible on a secondary with majority read concern.
+    secondary = coll.with_options(read_preference=ReadPreference.SECONDARY)
+    assert secondary.find_one({"_id": marker}) is not None
+    coll.delete_one({"_id": marker})
+
+
+def test_app_user_cannot_write_other_databases(app):
+    with pytest.raises(OperationFailure) as err:
+        app.get_database("not_clusterkit").probe.insert_one({"x": 1})
+    assert err.value.code == 13
+
+
+def test_transaction_commits_all_or_nothing(app):
+    db = app.clusterkit
+    coll = db.get_collection("lab_tx", write_concern=WriteConcern(w="majority", wtimeout=TIMEOUT_MS))
+    marker = uuid.uuid4().hex
+    with app.start_session() as session:
+        with session.start_transaction(write_concern=WriteConcern(w="majority"), read_concern=ReadConcern("snapshot")):
+            coll.insert_one({"_id": f"{marker}-a"}, session=session)
+            coll.insert_one({"_id": f"{marker}-b"}, session=session)
+    assert coll.count_documents({"_id": {"$in": [f"{marker}-a", f"{marker}-b"]}}) == 2
+
+    aborted = uuid.uuid4().hex
+    with app.start_session() as session:
+        session.start_transaction()
+        coll.insert_one({"_id": aborted}, session=session)
+        session.abort_transaction()
+    assert coll.count_documents({"_id": aborted}) == 0
+    coll.delete_many({"_id": {"$regex": f"^{marker}"}})
+
+
+def test_admin_user_authenticates_with_root(admin):
+    status = admin.admin.command("connectionStatus")
+    users = status["authInfo"]["authenticatedUsers"]
+    assert {"user": "admin", "db": "admin"} in users
+    roles = status["authInfo"]["authenticatedUserRoles"]
+    assert {"role": "root", "db": "admin"} in roles
+
+
+def test_app_user_has_exactly_readwrite_on_clusterkit(admin):
+    info = admin.clusterkit.command("usersInfo", "clusterkit")["users"][0]
+    assert info["roles"] == [{"role": "readWrite", "db": "clusterkit"}]
