@@ -13,7 +13,8 @@ import urllib.request
 
 import pytest
 import testinfra
-from conftest import address, group_hosts, secret
+
+from tests.conftest import address, group_hosts, secret
 
 testinfra_hosts = ["ansible://etcd"]
 
@@ -94,13 +95,15 @@ def test_member_list_has_every_host():
 
 
 def test_anonymous_put_refused():
-    status, body = post(MEMBERS[0], "/v3/kv/put", {"key": b64("/clusterkit/anon"), "value": b64("x")})
+    body = {"key": b64("/clusterkit/anon"), "value": b64("x")}
+    status, body = post(MEMBERS[0], "/v3/kv/put", body)
     assert status != 200
     assert "user name is empty" in body.get("error", "")
 
 
 def test_wrong_password_refused():
-    status, body = post(MEMBERS[0], "/v3/auth/authenticate", {"name": "clusterkit", "password": "x"})
+    login = {"name": "clusterkit", "password": "not-the-password"}
+    status, body = post(MEMBERS[0], "/v3/auth/authenticate", login)
     assert status != 200
     assert "authentication failed" in body.get("error", "")
 

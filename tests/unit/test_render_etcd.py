@@ -90,6 +90,8 @@ def test_renders_the_member_settings() -> None:
     assert config["initial-cluster-state"] == "new"
     assert config["initial-cluster-token"] == "clusterkit-etcd"
     assert config["enable-v2"] is False
+    # The JSON gateway (/v3/...) the app's client uses is off unless a config file says so.
+    assert config["enable-grpc-gateway"] is True
     # etcd reads the retention as a string and the numbers as integers.
     assert config["auto-compaction-retention"] == "1h"
     assert config["quota-backend-bytes"] == 2147483648

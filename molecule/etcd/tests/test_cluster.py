@@ -106,3 +106,20 @@ def test_auth_switch_off_and_on_again(host, app_password):
     assert app.rc == 0, app.stderr
     # A second run with auth on changes nothing.
     assert "changed=0 " in run_auth_step(True)
+
+
+def test_json_gateway_serves_the_app_client(host, app_password):
+    # The app's client speaks the v3 API as JSON over HTTP (/v3/...), the gRPC gateway.
+    script = (
+        "import json, sys, urllib.request as u\n"
+        "def post(path, body, token=None):\n"
+        "    headers = {'Authorization': token} if token else {}\n"
+        "    req = u.Request('http://127.0.0.1:2379' + path, json.dumps(body).encode(), headers)\n"
+        "    return json.load(u.urlopen(req, timeout=10))\n"
+        "token = post('/v3/auth/authenticate', {'name': 'clusterkit', 'password': sys.argv[1]})\n"
+        "print(json.dumps(post('/v3/kv/put', {'key': 'L2NsdXN0ZXJraXQvZ3c=', 'value': 'dg=='},"
+        " token['token'])))\n"
+    )
+    result = host.run("python3 -c %s %s", script, app_password)
+    assert result.rc == 0, result.stderr
+    assert "revision" in json.loads(result.stdout)["header"]
