@@ -30,8 +30,12 @@ def seeds() -> list[str]:
     return [f"{address(h)}:{PORT}" for h in MEMBERS]
 
 
-def client(user: str | None = None, password: str | None = None, source: str = "admin", **kw) -> MongoClient:
-    options = dict(replicaSet=REPLSET, serverSelectionTimeoutMS=TIMEOUT_MS, connectTimeoutMS=TIMEOUT_MS)
+def client(
+    user: str | None = None, password: str | None = None, source: str = "admin", **kw
+) -> MongoClient:
+    options = dict(
+        replicaSet=REPLSET, serverSelectionTimeoutMS=TIMEOUT_MS, connectTimeoutMS=TIMEOUT_MS
+    )
     if user:
         options.update(username=user, password=password, authSource=source)
     options.update(kw)
@@ -49,7 +53,9 @@ def resolved_connection(name: str) -> tuple[str, str]:
 
     loader = DataLoader()
     inventory = InventoryManager(loader=loader, sources=[str(INVENTORY)])
-    variables = VariableManager(loader=loader, inventory=inventory).get_vars(host=inventory.get_host(name))
+    variables = VariableManager(loader=loader, inventory=inventory).get_vars(
+        host=inventory.get_host(name)
+    )
     templar = Templar(loader=loader, variables=variables)
     return (
         templar.template(variables.get("ansible_connection", "ssh")),
@@ -68,7 +74,9 @@ def host(member):
     connection, target = resolved_connection(member)
     if connection in ("community.docker.docker", "docker"):
         return testinfra.get_host(f"docker://{target}")
-    return testinfra.get_host(f"ansible://{member}?ansible_inventory={INVENTORY}&force_ansible=True")
+    return testinfra.get_host(
+        f"ansible://{member}?ansible_inventory={INVENTORY}&force_ansible=True"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +104,7 @@ def test_mongod_enabled_running_as_mongodb(host):
 
 
 def test_mongod_listens_on_loopback_and_private_address_only(host, member):
-    sockets = host.check_output("ss -Hltn 'sport = :%d'" % PORT)
+    sockets = host.check_output(f"ss -Hltn 'sport = :{PORT}'")
     local = {line.split()[3] for line in sockets.splitlines()}
     assert local == {f"127.0.0.1:{PORT}", f"{address(member)}:{PORT}"}
 
@@ -112,7 +120,9 @@ def test_keyfile_is_private_to_mongodb(host):
 
 @pytest.mark.parametrize("member", MEMBERS)
 def test_hello_shows_three_members_and_a_primary(member):
-    with MongoClient(address(member), PORT, directConnection=True, serverSelectionTimeoutMS=TIMEOUT_MS) as c:
+    with MongoClient(
+        address(member), PORT, directConnection=True, serverSelectionTimeoutMS=TIMEOUT_MS
+    ) as c:
         hello = c.admin.command("hello")
     assert hello["setName"] == REPLSET
     assert sorted(hello["hosts"]) == sorted(seeds())
@@ -130,22 +140,23 @@ def test_exactly_one_primary_and_healthy_secondaries(admin):
 
 
 def test_unauthenticated_insert_is_refused():
-    with client() as anonymous:
-        with pytest.raises(OperationFailure) as err:
-            anonymous.clusterkit.lab_probe.insert_one({"anonymous": True})
+    with client() as anonymous, pytest.raises(OperationFailure) as err:
+        anonymous.clusterkit.lab_probe.insert_one({"anonymous": True})
     assert err.value.code == 13  # Unauthorized
 
 
 def test_wrong_password_is_refused():
-    with client("clusterkit", "not-the-password", source="clusterkit") as wrong:
-        with pytest.raises(OperationFailure) as err:
-            wrong.clusterkit.command("ping")
+    wrong = client("clusterkit", "not-the-password", source="clusterkit")
+    with wrong, pytest.raises(OperationFailure) as err:
+        wrong.clusterkit.command("ping")
     assert err.value.code == 18  # AuthenticationFailed
 
 
 def test_app_user_writes_and_reads_with_majority(app):
     coll = app.clusterkit.get_collection(
-        "lab_probe", write_concern=WriteConcern(w="majority", wtimeout=TIMEOUT_MS), read_concern=ReadConcern("majority")
+        "lab_probe",
+        write_concern=WriteConcern(w="majority", wtimeout=TIMEOUT_MS),
+        read_concern=ReadConcern("majority"),
     )
     marker = uuid.uuid4().hex
     result = coll.insert_one({"_id": marker, "from": "test_mongodb"})
@@ -165,12 +176,18 @@ def test_app_user_cannot_write_other_databases(app):
 
 def test_transaction_commits_all_or_nothing(app):
     db = app.clusterkit
-    coll = db.get_collection("lab_tx", write_concern=WriteConcern(w="majority", wtimeout=TIMEOUT_MS))
+    coll = db.get_collection(
+        "lab_tx", write_concern=WriteConcern(w="majority", wtimeout=TIMEOUT_MS)
+    )
     marker = uuid.uuid4().hex
-    with app.start_session() as session:
-        with session.start_transaction(write_concern=WriteConcern(w="majority"), read_concern=ReadConcern("snapshot")):
-            coll.insert_one({"_id": f"{marker}-a"}, session=session)
-            coll.insert_one({"_id": f"{marker}-b"}, session=session)
+    with (
+        app.start_session() as session,
+        session.start_transaction(
+            write_concern=WriteConcern(w="majority"), read_concern=ReadConcern("snapshot")
+        ),
+    ):
+        coll.insert_one({"_id": f"{marker}-a"}, session=session)
+        coll.insert_one({"_id": f"{marker}-b"}, session=session)
     assert coll.count_documents({"_id": {"$in": [f"{marker}-a", f"{marker}-b"]}}) == 2
 
     aborted = uuid.uuid4().hex

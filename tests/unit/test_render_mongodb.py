@@ -68,7 +68,8 @@ def test_config_is_yaml_with_replica_set_auth_and_binds():
     assert conf["security"] == {"authorization": "enabled", "keyFile": "/etc/mongodb/keyfile"}
     assert conf["storage"] == {"dbPath": "/var/lib/mongodb"}
     assert conf["systemLog"]["path"] == "/var/log/mongodb/mongod.log"
-    assert conf["systemLog"]["logRotate"] == "reopen" and conf["systemLog"]["logAppend"] is True
+    assert conf["systemLog"]["logRotate"] == "reopen"
+    assert conf["systemLog"]["logAppend"] is True
 
 
 def test_optional_sizes_appear_only_when_set():
@@ -86,7 +87,14 @@ def test_loopback_bind_address_is_not_repeated():
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"mongodb_wiredtiger_cache_size_gb": 0.25, "mongodb_oplog_size_mb": 512, "mongodb_port": 27018}],
+    [
+        {},
+        {
+            "mongodb_wiredtiger_cache_size_gb": 0.25,
+            "mongodb_oplog_size_mb": 512,
+            "mongodb_port": 27018,
+        },
+    ],
 )
 def test_config_passes_mongods_own_check(tmp_path, overrides):
     mongod = find_mongod()
@@ -94,7 +102,9 @@ def test_config_passes_mongods_own_check(tmp_path, overrides):
         pytest.skip("no mongod on the controller (run the role once, or app/scripts/test-deps.sh)")
     path = tmp_path / "mongod.conf"
     path.write_text(render("mongod.conf.j2", **overrides))
-    out = subprocess.run([mongod, "--config", str(path), "--outputConfig"], capture_output=True, text=True)
+    out = subprocess.run(
+        [mongod, "--config", str(path), "--outputConfig"], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     effective = yaml.safe_load(out.stdout)
     assert effective["replication"]["replSetName"] == "rs0"
@@ -107,7 +117,9 @@ def test_mongods_check_rejects_a_broken_config(tmp_path):
         pytest.skip("no mongod on the controller")
     path = tmp_path / "mongod.conf"
     path.write_text(render("mongod.conf.j2", mongodb_port="not-a-port"))
-    out = subprocess.run([mongod, "--config", str(path), "--outputConfig"], capture_output=True, text=True)
+    out = subprocess.run(
+        [mongod, "--config", str(path), "--outputConfig"], capture_output=True, text=True
+    )
     assert out.returncode != 0
 
 
@@ -124,7 +136,8 @@ def unit(**overrides: object) -> configparser.ConfigParser:
 def test_unit_runs_mongod_with_the_config_as_mongodb():
     service = unit()["Service"]
     assert service["ExecStart"] == "/usr/local/bin/mongod --config /etc/mongod.conf"
-    assert service["User"] == "mongodb" and service["Group"] == "mongodb"
+    assert service["User"] == "mongodb"
+    assert service["Group"] == "mongodb"
     assert service["Type"] == "simple"
     assert service["LimitNOFILE"] == "64000"
     assert service["Restart"] == "on-failure"
@@ -159,12 +172,17 @@ def test_logrotate_rotates_the_log_and_reopens_it():
 
 
 def test_logrotate_accepts_the_file(tmp_path):
-    logrotate = shutil.which("logrotate") or ("/usr/sbin/logrotate" if Path("/usr/sbin/logrotate").exists() else None)
+    logrotate = shutil.which("logrotate") or (
+        "/usr/sbin/logrotate" if Path("/usr/sbin/logrotate").exists() else None
+    )
     if logrotate is None:
         pytest.skip("no logrotate on the controller")
     path = tmp_path / "mongod"
     path.write_text(render("logrotate.j2", mongodb_log_path=str(tmp_path / "mongod.log")))
     path.chmod(0o644)
-    out = subprocess.run([logrotate, "--debug", "--state", str(tmp_path / "state"), str(path)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [logrotate, "--debug", "--state", str(tmp_path / "state"), str(path)],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr

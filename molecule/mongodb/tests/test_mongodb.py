@@ -1,4 +1,5 @@
-"""Verify the mongodb role on a one-member replica set in a systemd container.
+"""Verify the mongodb role on a two-member replica set (systemd containers) whose second
+member was added to the running set.
 
 Client checks run inside the instance with the role's venv Python and pymongo. The disposable
 instance gets the generated passwords in the environment of the check (a docker exec argument).
@@ -32,7 +33,11 @@ from pymongo.errors import OperationFailure
 from pymongo.write_concern import WriteConcern
 action, user, db = sys.argv[1:4]
 password = os.environ.get("MONGO_PASSWORD", "")
-opts = dict(directConnection=True, serverSelectionTimeoutMS=10000)
+# hello asks this member; everything else goes to the primary the set reports.
+if action == "hello":
+    opts = dict(directConnection=True, serverSelectionTimeoutMS=10000)
+else:
+    opts = dict(replicaSet="rs0", serverSelectionTimeoutMS=10000)
 if user != "-":
     opts.update(username=user, password=password, authSource=db)
 out = {}
@@ -45,7 +50,8 @@ with MongoClient("127.0.0.1", 27017, **opts) as c:
             coll.replace_one({"_id": "probe"}, {"_id": "probe", "v": 1}, upsert=True)
             out = {"found": coll.find_one({"_id": "probe"}) is not None}
         elif action == "transaction":
-            coll = c.clusterkit.get_collection("molecule_tx", write_concern=WriteConcern(w="majority"))
+            majority = WriteConcern(w="majority")
+            coll = c.clusterkit.get_collection("molecule_tx", write_concern=majority)
             coll.delete_many({})
             with c.start_session() as s:
                 with s.start_transaction():
@@ -58,7 +64,15 @@ with MongoClient("127.0.0.1", 27017, **opts) as c:
             out = {"ids": sorted(d["_id"] for d in coll.find())}
         elif action == "status":
             status = c.admin.command("connectionStatus")["authInfo"]
-            out = {"users": status["authenticatedUsers"], "roles": status["authenticatedUserRoles"]}
+            members = c.admin.command("replSetGetStatus")["members"]
+            config = c.admin.command("replSetGetConfig")["config"]
+            out = {
+                "users": status["authenticatedUsers"],
+                "roles": status["authenticatedUserRoles"],
+                "members": sorted(m["stateStr"] for m in members),
+                "config": [m["host"] for m in config["members"]],
+                "version": config["version"],
+            }
     except OperationFailure as exc:
         out = {"error": exc.code}
 print(json.dumps(out, default=str))
@@ -67,9 +81,8 @@ print(json.dumps(out, default=str))
 
 def mongo(host, action: str, user: str = "-", db: str = "admin", password: str = "") -> dict:
     host.run(f"cat > /tmp/molecule_probe.py <<'EOF'\n{SCRIPT}\nEOF")
-    result = host.run(
-        f"MONGO_PASSWORD={shlex.quote(password)} {VENV_PYTHON} /tmp/molecule_probe.py {action} {user} {db}"
-    )
+    env = f"MONGO_PASSWORD={shlex.quote(password)}"
+    result = host.run(f"{env} {VENV_PYTHON} /tmp/molecule_probe.py {action} {user} {db}")
     assert result.rc == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -98,12 +111,13 @@ def test_installed_config_passes_mongods_check(host):
     assert "authorization: enabled" in out.stdout
 
 
-def test_replica_set_has_a_primary(host):
+def test_each_member_sees_both_members_and_a_primary(host):
     hello = mongo(host, "hello")
     assert hello["setName"] == "rs0"
-    assert hello["isWritablePrimary"] is True
-    assert hello["primary"] == hello["me"]
-    assert len(hello["hosts"]) == 1
+    assert len(hello["hosts"]) == 2
+    assert hello["me"] in hello["hosts"]
+    assert hello["primary"] in hello["hosts"]
+    assert hello["isWritablePrimary"] or hello["secondary"]
 
 
 def test_unauthenticated_insert_is_refused(host):
@@ -118,6 +132,15 @@ def test_admin_user_is_root(host, admin_password):
     status = mongo(host, "status", "admin", "admin", admin_password)
     assert {"user": "admin", "db": "admin"} in status["users"]
     assert {"role": "root", "db": "admin"} in status["roles"]
+
+
+def test_second_member_joined_by_reconfiguration(host, admin_password):
+    status = mongo(host, "status", "admin", "admin", admin_password)
+    assert status["members"] == ["PRIMARY", "SECONDARY"]
+    assert len(status["config"]) == 2
+    # Initiated once with one member (version 1), then one reconfiguration added the second;
+    # MongoDB itself bumps the version again when the new member's votes are granted.
+    assert status["version"] >= 2
 
 
 def test_app_user_writes_with_majority(host, app_password):

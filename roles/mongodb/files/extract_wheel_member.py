@@ -1,4 +1,5 @@
 """Extract one member of a wheel: extract_wheel_member.py DIR GLOB MEMBER_SUFFIX DEST [SHA256]."""
+
 import glob
 import hashlib
 import os

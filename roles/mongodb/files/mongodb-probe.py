@@ -45,8 +45,15 @@ def client(args, user=None, password=None, db=None, host=None) -> MongoClient:
 def hello_state(args, host: str | None = None) -> dict:
     """The member's state as seen by `hello` (host "h:p" or --host/--port)."""
     address = host or f"{args.host}:{args.port}"
-    result = {"address": address, "state": "DOWN", "setName": None, "me": None, "primary": None,
-              "members": [], "error": None}
+    result = {
+        "address": address,
+        "state": "DOWN",
+        "setName": None,
+        "me": None,
+        "primary": None,
+        "members": [],
+        "error": None,
+    }
     try:
         with client(args, host=host) as c:
             hello = c.admin.command("hello")
@@ -56,7 +63,9 @@ def hello_state(args, host: str | None = None) -> dict:
     result["setName"] = hello.get("setName")
     result["me"] = hello.get("me")
     result["primary"] = hello.get("primary")
-    result["members"] = hello.get("hosts", []) + hello.get("passives", []) + hello.get("arbiters", [])
+    result["members"] = (
+        hello.get("hosts", []) + hello.get("passives", []) + hello.get("arbiters", [])
+    )
     if hello.get("isWritablePrimary") and hello.get("setName"):
         result["state"] = "PRIMARY"
     elif hello.get("secondary"):
