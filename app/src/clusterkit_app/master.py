@@ -170,7 +170,13 @@ class Master(pb_grpc.JobDispatchServicer):  # type: ignore[misc]
         return True
 
     async def dispatch_loop(self) -> None:
-        while self._dispatch_allowed():
+        while not self.stopping:
+            if not self._dispatch_allowed():
+                # The lease is not confirmed right now (a keepalive came late, e.g. on a busy
+                # host): dispatch nothing until a keepalive confirms it again. If the lease is
+                # really gone, the lock-lost path stops the process (exit 4).
+                await asyncio.sleep(0.1)
+                continue
             free = self.dispatcher.free_slots()
             if free == 0:
                 self.capacity.clear()
