@@ -21,7 +21,7 @@ method, url, body = sys.argv[1], sys.argv[2], sys.argv[3]
 req = urllib.request.Request(url, method=method, data=body.encode() if body else None,
                              headers={"Content-Type": "application/json"})
 try:
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=30) as resp:
         status, headers, data = resp.status, dict(resp.headers), resp.read()
 except urllib.error.HTTPError as exc:
     status, headers, data = exc.code, dict(exc.headers), exc.read()
@@ -106,7 +106,7 @@ def test_a_submitted_job_is_applied(host, address):
     base = f"http://{address}:{WORKER_PORTS[0]}/api/jobs"
     status, _, body = http(host, "POST", base, {"id": job_id, "payload": {"check": True}})
     assert status == 202, body
-    deadline = time.time() + 60
+    deadline = time.time() + 180
     job = {}
     while time.time() < deadline:
         status, _, body = http(host, "GET", f"{base}/{job_id}")
@@ -125,7 +125,7 @@ def test_second_master_for_the_node_id_refuses_to_start(host):
     cmd = host.run(
         "cd / && env -i PATH=/usr/bin:/bin sh -c 'set -a; . /etc/clusterkit/app.env; "
         ". /etc/clusterkit/master.env; exec setpriv --reuid clusterkit --regid clusterkit "
-        "--init-groups timeout 60 /opt/clusterkit/app/venv/bin/clusterkit-app'"
+        "--init-groups timeout 150 /opt/clusterkit/app/venv/bin/clusterkit-app'"
     )
     assert cmd.rc == 3, cmd.stderr
     assert "another master for NODE_ID=" in cmd.stderr
