@@ -123,10 +123,14 @@ def test_backend_lists_every_worker_with_checks_and_limit() -> None:
 
 
 def test_dead_worker_is_detected_within_about_three_seconds() -> None:
-    seconds = {"1s": 1.0}
+    """A dead worker refuses the connection: each check fails at once, so it is DOWN after
+    `fall` intervals; a hung one after `fall` checks that each time out."""
+    seconds = {"1s": 1.0, "2s": 2.0}
     inter = seconds[DEFAULTS["haproxy_health_check_inter"]]
     check = seconds[DEFAULTS["haproxy_timeout_check"]]
-    assert DEFAULTS["haproxy_health_check_fall"] * inter + check <= 3.0
+    fall = DEFAULTS["haproxy_health_check_fall"]
+    assert fall * inter <= 3.0
+    assert fall * (inter + check) <= 6.0
 
 
 def test_no_worker_limit_when_maxconn_is_zero() -> None:
