@@ -92,6 +92,12 @@ class Load:
             t.join(timeout=90)
         self.stopped = time.monotonic()
 
+    def summary(self) -> str:
+        return (
+            f"{self.ok} ok, {len(self.failures)} failed in {self.seconds:.0f} s "
+            f"({self.ok / max(self.seconds, 1):.1f}/s); by worker: {dict(sorted(self.workers.items()))}"
+        )
+
     def __exit__(self, *exc) -> None:
         if not self._stop.is_set():
             self.stop(at_least=0)
@@ -172,6 +178,7 @@ def test_rolling_update_under_load_fails_no_request() -> None:
     with Load() as load:
         run = playbook("playbooks/rolling-update.yml")
         load.stop()
+    print(f"rolling update: {load.summary()}")
     assert run.returncode == 0, report(load, run)
     assert load.failures == [], report(load, run)
     assert load.seconds >= MIN_LOAD_S
@@ -190,6 +197,7 @@ def test_scale_up_and_down_under_load_fails_no_request() -> None:
         with Load() as load:
             run = playbook("playbooks/scale.yml", "-e", json.dumps({"app_workers_per_host": more}))
             load.stop()
+        print(f"scale up to {more} per host: {load.summary()}")
         assert run.returncode == 0, report(load, run)
         assert load.failures == [], report(load, run)
         assert load.seconds >= MIN_LOAD_S
@@ -208,6 +216,7 @@ def test_scale_up_and_down_under_load_fails_no_request() -> None:
         with Load() as load:
             run = playbook("playbooks/scale.yml")
             load.stop()
+        print(f"scale back to the inventory: {load.summary()}")
     assert run.returncode == 0, report(load, run)
     assert load.failures == [], report(load, run)
     assert load.seconds >= MIN_LOAD_S
