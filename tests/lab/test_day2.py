@@ -95,7 +95,8 @@ class Load:
     def summary(self) -> str:
         return (
             f"{self.ok} ok, {len(self.failures)} failed in {self.seconds:.0f} s "
-            f"({self.ok / max(self.seconds, 1):.1f}/s); by worker: {dict(sorted(self.workers.items()))}"
+            f"({self.ok / max(self.seconds, 1):.1f}/s); "
+            f"by worker: {dict(sorted(self.workers.items()))}"
         )
 
     def __exit__(self, *exc) -> None:
