@@ -37,7 +37,7 @@ def address(host):
 
 
 def http(host, method, url, body=None):
-    cmd = host.run("python3 -c {} {} {} {}", HTTP, method, url, json.dumps(body) if body else "")
+    cmd = host.run("python3 -c %s %s %s %s", HTTP, method, url, json.dumps(body) if body else "")
     assert cmd.rc == 0, cmd.stderr
     result = json.loads(cmd.stdout)
     headers = {k.lower(): v for k, v in result["headers"].items()}
