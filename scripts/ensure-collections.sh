@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv/bin
 stamp=collections/.installed
+mkdir -p .cache collections
 if [ -f "$stamp" ] && [ "$stamp" -nt requirements.yml ]; then
   exit 0
 fi
