@@ -30,6 +30,8 @@ class Stats:
 def make_handler(worker_id, port, service_s, stats):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Answers go out at once (no Nagle delay waiting for the peer's delayed ACK).
+        disable_nagle_algorithm = True
 
         def setup(self):
             super().setup()
