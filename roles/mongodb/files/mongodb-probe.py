@@ -12,6 +12,9 @@
     mongodb-probe.py members --user U --db D [--host H] [--port P]      (password on stdin)
         Prints the JSON list of the `host` of every member in the replica set
         configuration (replSetGetConfig; hidden members and arbiters included).
+    mongodb-probe.py status  --user U --db D [--host H] [--port P]      (password on stdin)
+        Prints the JSON list of every member as replSetGetStatus sees it (name, stateStr,
+        health, lastHeartbeatMessage, infoMessage, syncSourceHost): for diagnostics.
 
 Passwords are read from stdin so that they never appear on a command line.
 """
@@ -116,9 +119,32 @@ def members(args) -> int:
     return 0
 
 
+STATUS_FIELDS = (
+    "name",
+    "stateStr",
+    "health",
+    "uptime",
+    "lastHeartbeatMessage",
+    "infoMessage",
+    "syncSourceHost",
+)
+
+
+def status(args) -> int:
+    password = sys.stdin.readline().rstrip("\n")
+    try:
+        with client(args, args.user, password, args.db) as c:
+            found = c.admin.command("replSetGetStatus")["members"]
+    except PyMongoError as exc:
+        print(str(exc).splitlines()[0], file=sys.stderr)
+        return 1
+    print(json.dumps([{k: m.get(k) for k in STATUS_FIELDS} for m in found]))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["state", "states", "auth", "members"])
+    parser.add_argument("command", choices=["state", "states", "auth", "members", "status"])
     parser.add_argument("addresses", nargs="*", metavar="HOST:PORT", help="members for `states`")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=27017)
@@ -126,11 +152,18 @@ def main() -> int:
     parser.add_argument("--user")
     parser.add_argument("--db", default="admin")
     args = parser.parse_args()
-    if args.command in ("auth", "members") and not args.user:
+    if args.command in ("auth", "members", "status") and not args.user:
         parser.error(f"{args.command} needs --user")
     if args.command == "states" and not args.addresses:
         parser.error("states needs at least one HOST:PORT")
-    return {"state": state, "states": states, "auth": auth, "members": members}[args.command](args)
+    commands = {
+        "state": state,
+        "states": states,
+        "auth": auth,
+        "members": members,
+        "status": status,
+    }
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":
