@@ -9,6 +9,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 INVENTORY = Path(os.environ.get("CLUSTERKIT_INVENTORY", ROOT / "inventory" / "lab"))
@@ -33,6 +34,26 @@ def group_hosts(group: str) -> list[str]:
 
 def hostvar(host: str, name: str):
     return inventory()["_meta"]["hostvars"][host][name]
+
+
+@cache
+def role_defaults(role: str) -> dict:
+    return yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text()) or {}
+
+
+def setting(host: str, name: str):
+    """A role variable as deployed on host: the inventory's value, else the role's default
+    (the role is the variable's prefix: app_workers_per_host -> roles/app)."""
+    try:
+        return hostvar(host, name)
+    except KeyError:
+        return role_defaults(name.split("_", 1)[0])[name]
+
+
+def worker_ports(host: str) -> list[int]:
+    """The ports of the app workers deployed on host."""
+    base = int(setting(host, "app_worker_base_port"))
+    return list(range(base, base + int(setting(host, "app_workers_per_host"))))
 
 
 def address(host: str) -> str:

@@ -23,7 +23,7 @@ import pytest
 import redis
 import testinfra
 
-from tests.conftest import ROOT, address, group_hosts, hostvar, secret
+from tests.conftest import ROOT, address, group_hosts, secret, setting, worker_ports
 
 MASTER_HOSTS = group_hosts("app_master")
 WORKER_HOSTS = group_hosts("app_workers")
@@ -32,23 +32,10 @@ TARGET_UNIT = "clusterkit-app.target"
 APP = "/opt/clusterkit/app/venv/bin/clusterkit-app"
 
 
-def setting(host: str, name: str, default):
-    try:
-        return hostvar(host, name)
-    except KeyError:
-        return default
-
-
-def worker_ports(host: str) -> list[int]:
-    base = int(setting(host, "app_worker_base_port", 8180))
-    return list(range(base, base + int(setting(host, "app_workers_per_host", 2))))
-
-
 WORKERS = [(h, p) for h in WORKER_HOSTS for p in worker_ports(h)]
 WORKER_URLS = [f"http://{address(h)}:{p}" for h, p in WORKERS]
 MASTER_HEALTH = [
-    f"http://{address(h)}:{int(setting(h, 'app_master_health_port', 7002))}/healthz"
-    for h in MASTER_HOSTS
+    f"http://{address(h)}:{int(setting(h, 'app_master_health_port'))}/healthz" for h in MASTER_HOSTS
 ]
 
 

@@ -14,17 +14,10 @@ import pytest
 import redis
 import testinfra
 
-from tests.conftest import INVENTORY, address, group_hosts, hostvar, secret
+from tests.conftest import INVENTORY, address, group_hosts, secret, setting
 
 REDIS_HOSTS = group_hosts("redis")
 PORT = 6379
-
-
-def setting(host: str, name: str, default):
-    try:
-        return hostvar(host, name)
-    except KeyError:
-        return default
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +118,7 @@ def test_append_only_file_is_on(client: redis.Redis) -> None:
 
 
 def test_memory_limit_and_policy(client: redis.Redis, redis_host: str) -> None:
-    policy = setting(redis_host, "redis_maxmemory_policy", "volatile-lru")
+    policy = setting(redis_host, "redis_maxmemory_policy")
     assert client.config_get("maxmemory-policy") == {"maxmemory-policy": policy}
     assert int(client.config_get("maxmemory")["maxmemory"]) > 0
 
