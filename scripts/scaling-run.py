@@ -88,9 +88,18 @@ def wait_for_servers(n: int, timeout: float = 180) -> None:
     sys.exit(f"HAProxy did not report {n} servers UP within {timeout:.0f} s: {servers}")
 
 
-def run_locust(n: int, users: int, duration: int, report: Path) -> tuple[dict, float]:
-    """One headless Locust run; returns its report and the CPU seconds Locust used."""
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat (idle + iowait are idle)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - fields[3] - fields[4], total
+
+
+def run_locust(n: int, users: int, duration: int, report: Path) -> tuple[dict, float, float]:
+    """One headless Locust run; returns its report, the CPU seconds Locust used and the share
+    of the whole machine's CPU that was busy meanwhile (everything: lab, proxies, Locust)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    machine_before = cpu_times()
     cmd = [
         "locust", "-f", "loadtests", "--headless", "-u", str(users), "-r", str(users),
         "-t", f"{duration}s", "--workers", str(n), "--report-json", str(report),
@@ -99,9 +108,11 @@ def run_locust(n: int, users: int, duration: int, report: Path) -> tuple[dict, f
         "--min-capacity-ratio", "0", "--max-error-ratio", "1", "--max-p95-ms", "1e9",
     ]  # fmt: skip
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    machine_after = cpu_times()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return json.loads(report.read_text()), cpu
+    busy = (machine_after[0] - machine_before[0]) / max(machine_after[1] - machine_before[1], 1)
+    return json.loads(report.read_text()), cpu, busy
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -152,7 +163,7 @@ def main() -> None:
             wait_for_servers(n)
             users = max(n * args.users_per_worker, 2)
             with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
-                report, cpu = run_locust(n, users, args.duration, Path(tmp.name))
+                report, cpu, busy = run_locust(n, users, args.duration, Path(tmp.name))
             per_worker = list(report["per_worker_requests"].values())
             row = {
                 "workers": n,
@@ -171,6 +182,7 @@ def main() -> None:
                 "loadgen_cpu_percent_of_one_core": round(100 * cpu / report["duration_s"], 1)
                 if report["duration_s"]
                 else None,
+                "machine_cpu_busy_percent": round(100 * busy, 1),
             }
             x1 = rows[0]["throughput_rps"] / rows[0]["workers"] if rows else row["per_worker_rps"]
             row["efficiency"] = round(row["throughput_rps"] / (n * x1), 3) if x1 else 0.0
@@ -178,7 +190,8 @@ def main() -> None:
             print(
                 f"N={n}: {row['throughput_rps']} req/s ({row['per_worker_rps']}/worker), "
                 f"efficiency {row['efficiency']}, p95 {row['p95_ms']} ms, "
-                f"errors {row['failures']}, loadgen CPU {row['loadgen_cpu_percent_of_one_core']}%",
+                f"errors {row['failures']}, loadgen CPU {row['loadgen_cpu_percent_of_one_core']}%, "
+                f"machine CPU busy {row['machine_cpu_busy_percent']}%",
                 flush=True,
             )
     finally:
@@ -215,15 +228,15 @@ def write_outputs(rows: list[dict], args: argparse.Namespace) -> None:
     (out / "scaling.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [
         "| workers | users | req/s | req/s per worker | efficiency | p50 ms | p95 ms | p99 ms "
-        "| errors | spread max/min | Locust CPU % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| errors | spread max/min | Locust CPU % of a core | machine CPU busy % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['workers']} | {r['users']} | {r['throughput_rps']} | {r['per_worker_rps']} "
             f"| {r['efficiency']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} "
             f"| {r['failures']}/{r['requests']} | {r['spread_max_over_min']} "
-            f"| {r['loadgen_cpu_percent_of_one_core']} |"
+            f"| {r['loadgen_cpu_percent_of_one_core']} | {r['machine_cpu_busy_percent']} |"
         )
     verdict = "was" if summary["loadgen_bottleneck"] else "was not"
     lines.append("")
@@ -231,6 +244,12 @@ def write_outputs(rows: list[dict], args: argparse.Namespace) -> None:
     lines.append(
         f"Load generator: at most {max(cpu)}% of one core (median {median_cpu}%), "
         f"so it {verdict} the bottleneck."
+    )
+    last = rows[-1]
+    lines.append(
+        f"At N={last['workers']} the machine's {os.cpu_count()} CPUs were "
+        f"{last['machine_cpu_busy_percent']}% busy (everything on it: the lab's services, "
+        "nginx, HAProxy and Locust): below ~90% busy the stack, not the machine, set the pace."
     )
     (out / "scaling.md").write_text("\n".join(lines) + "\n")
     plot(rows, out / "scaling.png")
