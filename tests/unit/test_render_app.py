@@ -13,27 +13,18 @@ import re
 import subprocess
 from pathlib import Path
 
-import jinja2
 import pytest
 import yaml
+
+from tests.unit._render import environment
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates" / "app"
 ROLE = ROOT / "roles" / "app"
 
 
-def comment(text: str) -> str:
-    return "#\n" + "\n".join(f"# {line}" for line in text.splitlines()) + "\n#"
-
-
 def render(name: str, **variables: object) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        trim_blocks=True,
-        keep_trailing_newline=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    env.filters["comment"] = comment
+    env = environment(TEMPLATES)
     return env.get_template(name).render(ansible_managed="Ansible managed", **variables)
 
 

@@ -16,9 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jinja2
 import pytest
 import yaml
+
+from tests.unit._render import environment
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates" / "etcd"
@@ -28,18 +29,8 @@ DEFAULTS = yaml.safe_load((ROOT / "roles" / "etcd" / "defaults" / "main.yml").re
 CLUSTER = "data1=http://10.77.0.31:2380,data2=http://10.77.0.32:2380,data3=http://10.77.0.33:2380"
 
 
-def comment(text: str) -> str:
-    return "\n".join("# " + line if line else "#" for line in text.splitlines())
-
-
 def render(**overrides) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        trim_blocks=True,
-        keep_trailing_newline=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    env.filters["comment"] = comment
+    env = environment(TEMPLATES)
     variables = {k: v for k, v in DEFAULTS.items() if "{{" not in str(v)}
     variables.update(
         ansible_managed="Ansible managed",
@@ -78,7 +69,7 @@ def validate(text: str, tmp_path: Path, *, run: bool) -> subprocess.CompletedPro
 
 def test_renders_the_member_settings() -> None:
     text = render()
-    assert text.startswith("# Ansible managed\n")
+    assert text.startswith("#\n# Ansible managed\n#\n")
     config = yaml.safe_load(text)
     assert config["name"] == "data1"
     assert config["data-dir"] == "/var/lib/etcd/clusterkit"

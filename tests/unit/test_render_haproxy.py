@@ -13,9 +13,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import jinja2
 import pytest
 import yaml
+
+from tests.unit._render import environment
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates" / "haproxy"
@@ -31,25 +32,8 @@ SERVERS = [
 HASH = "$6$0123456789abcdef$" + "x" * 86
 
 
-def comment(text: str) -> str:
-    return "\n".join("# " + line if line else "#" for line in text.splitlines())
-
-
-def to_bool(value) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in {"yes", "on", "1", "true", "y", "t"}
-    return bool(value)
-
-
 def render(**overrides) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        trim_blocks=True,
-        keep_trailing_newline=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    env.filters["comment"] = comment
-    env.filters["bool"] = to_bool
+    env = environment(TEMPLATES)
     variables = dict(DEFAULTS)
     variables.update(
         ansible_managed="Ansible managed",
@@ -92,7 +76,7 @@ def directives(section: list[list[str]], keyword: str) -> list[list[str]]:
 
 def test_defaults_render_every_section() -> None:
     text = render()
-    assert "Ansible managed" in text.splitlines()[0]
+    assert text.splitlines()[:3] == ["#", "# Ansible managed", "#"]
     assert "{{" not in text
     assert "{%" not in text
     assert list(sections(text)) == [

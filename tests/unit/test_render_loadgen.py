@@ -14,9 +14,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import jinja2
 import pytest
 import yaml
+
+from tests.unit._render import environment
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates" / "loadgen"
@@ -24,18 +25,8 @@ ROLE = ROOT / "roles" / "loadgen"
 UNIT = "clusterkit-locust-worker@.service"
 
 
-def comment(text: str) -> str:
-    return "#\n" + "\n".join(f"# {line}" for line in text.splitlines()) + "\n#"
-
-
 def render(**overrides: object) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        trim_blocks=True,
-        keep_trailing_newline=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    env.filters["comment"] = comment
+    env = environment(TEMPLATES)
     variables = {**UNIT_VARS, **overrides}
     return env.get_template("locust-worker.service.j2").render(
         ansible_managed="Ansible managed", **variables

@@ -16,27 +16,18 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import jinja2
 import pytest
 import yaml
+
+from tests.unit._render import environment
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates" / "mongodb"
 DEFAULTS = yaml.safe_load((ROOT / "roles" / "mongodb" / "defaults" / "main.yml").read_text())
 
 
-def comment(text: str) -> str:
-    return "#\n" + "\n".join(f"# {line}" for line in text.splitlines()) + "\n#"
-
-
 def render(name: str, **overrides: object) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        trim_blocks=True,
-        keep_trailing_newline=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    env.filters["comment"] = comment
+    env = environment(TEMPLATES)
     variables = {k: v for k, v in DEFAULTS.items() if not (isinstance(v, str) and "{{" in v)}
     variables.update(
         ansible_managed="Ansible managed",

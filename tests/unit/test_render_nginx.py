@@ -15,9 +15,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import jinja2
 import pytest
 import yaml
+
+from tests.unit._render import environment
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates" / "nginx"
@@ -25,25 +26,8 @@ DEFAULTS = yaml.safe_load((ROOT / "roles" / "nginx" / "defaults" / "main.yml").r
 SPECS = yaml.safe_load((ROOT / "roles" / "nginx" / "meta" / "argument_specs.yml").read_text())
 
 
-def comment(text: str) -> str:
-    return "\n".join("# " + line if line else "#" for line in text.splitlines())
-
-
-def to_bool(value) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in {"yes", "on", "1", "true", "y", "t"}
-    return bool(value)
-
-
 def render(name: str = "nginx.conf.j2", **overrides) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        trim_blocks=True,
-        keep_trailing_newline=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    env.filters["comment"] = comment
-    env.filters["bool"] = to_bool
+    env = environment(TEMPLATES)
     variables = dict(DEFAULTS)
     variables.update(
         ansible_managed="Ansible managed",
@@ -141,7 +125,7 @@ def api_location(server: Directive) -> Directive:
 
 def test_defaults_render_one_whole_config() -> None:
     text = render()
-    assert "Ansible managed" in text.splitlines()[0]
+    assert text.splitlines()[:3] == ["#", "# Ansible managed", "#"]
     assert "{{" not in text
     assert "{%" not in text
     root = parse(text)

@@ -13,9 +13,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import jinja2
 import pytest
 import yaml
+
+from tests.unit._render import environment
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates" / "redis"
@@ -26,18 +27,8 @@ DEFAULTS = yaml.safe_load((ROOT / "roles" / "redis" / "defaults" / "main.yml").r
 REPEATABLE = {"save", "rename-command", "include"}
 
 
-def comment(text: str) -> str:
-    return "\n".join("# " + line if line else "#" for line in text.splitlines())
-
-
 def render(name: str, **overrides) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        trim_blocks=True,
-        keep_trailing_newline=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    env.filters["comment"] = comment
+    env = environment(TEMPLATES)
     variables = dict(DEFAULTS)
     variables.update(
         ansible_managed="Ansible managed",
@@ -104,8 +95,8 @@ def single(parsed: list[list[str]]) -> dict[str, list[str]]:
 
 
 def test_config_starts_with_the_managed_comment() -> None:
-    assert render("redis.conf.j2").startswith("# Ansible managed\n")
-    assert render("auth.conf.j2").startswith("# Ansible managed\n")
+    assert render("redis.conf.j2").startswith("#\n# Ansible managed\n#\n")
+    assert render("auth.conf.j2").startswith("#\n# Ansible managed\n#\n")
 
 
 def test_defaults_render_the_expected_directives() -> None:

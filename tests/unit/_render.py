@@ -1,0 +1,21 @@
+"""The Jinja environment the render tests share: Ansible's template settings and its own
+`comment` and `bool` filters, so a template renders here as it does in a play."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+from ansible.plugins.filter.core import comment, to_bool
+
+
+def environment(templates: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates)),
+        trim_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["comment"] = comment
+    env.filters["bool"] = to_bool
+    return env
