@@ -107,15 +107,22 @@ def auth(args) -> int:
     return 0
 
 
-def members(args) -> int:
+def admin_command(args, name: str) -> dict | None:
+    """Run an admin command with the credentials on stdin; None (reason on stderr) on error."""
     password = sys.stdin.readline().rstrip("\n")
     try:
         with client(args, args.user, password, args.db) as c:
-            config = c.admin.command("replSetGetConfig")["config"]
+            return c.admin.command(name)
     except PyMongoError as exc:
         print(str(exc).splitlines()[0], file=sys.stderr)
+        return None
+
+
+def members(args) -> int:
+    found = admin_command(args, "replSetGetConfig")
+    if found is None:
         return 1
-    print(json.dumps([m["host"] for m in config["members"]]))
+    print(json.dumps([m["host"] for m in found["config"]["members"]]))
     return 0
 
 
@@ -131,14 +138,10 @@ STATUS_FIELDS = (
 
 
 def status(args) -> int:
-    password = sys.stdin.readline().rstrip("\n")
-    try:
-        with client(args, args.user, password, args.db) as c:
-            found = c.admin.command("replSetGetStatus")["members"]
-    except PyMongoError as exc:
-        print(str(exc).splitlines()[0], file=sys.stderr)
+    found = admin_command(args, "replSetGetStatus")
+    if found is None:
         return 1
-    print(json.dumps([{k: m.get(k) for k in STATUS_FIELDS} for m in found]))
+    print(json.dumps([{k: m.get(k) for k in STATUS_FIELDS} for m in found["members"]]))
     return 0
 
 
