@@ -19,3 +19,16 @@ def environment(templates: Path) -> jinja2.Environment:
     env.filters["comment"] = comment
     env.filters["bool"] = to_bool
     return env
+
+
+def trusted(value: object) -> object:
+    """Mark every string in value as a template, as Ansible does for role defaults and vars."""
+    from ansible.template import trust_as_template
+
+    if isinstance(value, str):
+        return trust_as_template(value)
+    if isinstance(value, dict):
+        return {k: trusted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [trusted(v) for v in value]
+    return value

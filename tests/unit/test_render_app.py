@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.unit._render import environment
+from tests.unit._render import environment, trusted
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates" / "app"
@@ -168,16 +168,6 @@ def test_target_unit_starts_with_the_system() -> None:
 ansible_template = pytest.importorskip("ansible.template")
 
 
-def _trust(value: object) -> object:
-    if isinstance(value, str):
-        return ansible_template.trust_as_template(value)
-    if isinstance(value, dict):
-        return {k: _trust(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_trust(v) for v in value]
-    return value
-
-
 HOSTVARS = {
     "app1": {"clusterkit_address": "10.0.0.21"},
     "app2": {"clusterkit_address": "10.0.0.22"},
@@ -201,7 +191,7 @@ def derived(host: str, **overrides: object):
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
     role_vars = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
     variables = {
-        **_trust(defaults),
+        **trusted(defaults),
         # inventory and extra values, then the role's vars/ (highest precedence, as in Ansible)
         **HOSTVARS[host],
         "groups": GROUPS,
@@ -213,7 +203,7 @@ def derived(host: str, **overrides: object):
         "app_etcd_password": "etcd-pw",
         "app_grpc_token": "token",
         **overrides,
-        **_trust(role_vars),
+        **trusted(role_vars),
     }
     templar = ansible_template.Templar(loader=DataLoader(), variables=variables)
 

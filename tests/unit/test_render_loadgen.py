@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.unit._render import environment
+from tests.unit._render import environment, trusted
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates" / "loadgen"
@@ -173,16 +173,6 @@ def test_rendered_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
 ansible_template = pytest.importorskip("ansible.template")
 
 
-def _trust(value: object) -> object:
-    if isinstance(value, str):
-        return ansible_template.trust_as_template(value)
-    if isinstance(value, dict):
-        return {k: _trust(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_trust(v) for v in value]
-    return value
-
-
 def derived(**overrides: object):
     from ansible.parsing.dataloader import DataLoader
     from ansible.plugins.loader import init_plugin_loader
@@ -196,11 +186,11 @@ def derived(**overrides: object):
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
     role_vars = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
     variables = {
-        **_trust(defaults),
+        **trusted(defaults),
         "role_path": str(ROLE),
         "ansible_facts": {},
         **overrides,
-        **_trust(role_vars),
+        **trusted(role_vars),
     }
     templar = ansible_template.Templar(loader=DataLoader(), variables=variables)
 
