@@ -1,0 +1,45 @@
+"""The clusterkit deploy for pyinfra: the roles of site.yml (common, redis, mongodb, etcd,
+app, haproxy, nginx, loadgen) on the hosts of the Ansible inventory, rendering the same
+templates with the same variables and secrets.
+
+    pyinfra -y pyinfra_deploy/inventory.py pyinfra_deploy/deploy.py
+
+Operations run in the order of this file, each on every host it applies to, so the data tier
+is up before the app tier and the app tier before the front ends, as with site.yml.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pyinfra import host  # noqa: E402
+
+from pyinfra_deploy import roles  # noqa: E402
+from pyinfra_deploy.variables import world  # noqa: E402
+
+v = world()[host.data.inventory_hostname]
+groups = set(v["group_names"])
+
+roles.common(v)
+roles.barrier("base system")
+if "redis" in groups:
+    roles.redis(v)
+roles.barrier("redis")
+if "mongodb" in groups:
+    roles.mongodb(v)
+roles.barrier("mongodb")
+if "etcd" in groups:
+    roles.etcd(v)
+roles.barrier("etcd")
+if groups & {"app_master", "app_workers"}:
+    roles.app(v)
+roles.barrier("app")
+if "lb" in groups:
+    roles.haproxy(v)
+    roles.nginx(v)
+roles.barrier("front ends")
+if "loadgen" in groups:
+    roles.loadgen(v)
