@@ -7,12 +7,14 @@ export ANSIBLE_FORCE_COLOR ?= 1
 INVENTORY ?= inventory/lab
 PLAYBOOK_ARGS ?=
 
-.PHONY: help up down deploy venv collections docker docker-stop test-deps test
+.PHONY: help up down deploy venv collections docker docker-stop test-deps test pyinfra-up pyinfra-check
 
 help:
 	@echo "make up        create .venv, collections, Docker engine, then ansible-playbook site.yml"
 	@echo "make test      the whole test suite (deploys the lab first)"
 	@echo "make down      remove the lab (containers and network)"
+	@echo "make pyinfra-up     the same deploy with the pyinfra engine (pyinfra_deploy/)"
+	@echo "make pyinfra-check  rerun the pyinfra deploy; fails when it changes anything"
 
 $(VENV)/.installed: requirements.txt app/pyproject.toml
 	@echo "venv: installing Python dependencies into $(VENV) ..."
@@ -38,6 +40,15 @@ deploy:
 	ansible-playbook -i $(INVENTORY) site.yml $(PLAYBOOK_ARGS)
 
 up: venv collections docker deploy
+
+# The pyinfra engine: the lab is still created by Ansible (playbooks/lab.yml does nothing for
+# inventories without a `lab` group), then pyinfra deploys the same roles and templates.
+pyinfra-up: venv collections docker
+	ansible-playbook -i $(INVENTORY) playbooks/lab.yml
+	CLUSTERKIT_INVENTORY=$(INVENTORY) python -m pyinfra_deploy.run
+
+pyinfra-check: venv
+	CLUSTERKIT_INVENTORY=$(INVENTORY) python -m pyinfra_deploy.run --check-noop
 
 down: venv collections docker
 	ansible-playbook -i $(INVENTORY) playbooks/teardown.yml

@@ -64,6 +64,11 @@ def user(args: argparse.Namespace) -> int:
     roles = [{"role": args.role, "db": args.db}]
     with connect(address, args.admin, admin_password) as c:
         db = c[args.db]
+        if not args.admin:
+            # The localhost exception allows exactly this: creating the first user.
+            db.command("createUser", args.name, pwd=password, roles=roles)
+            print("changed")
+            return 0
         found = db.command("usersInfo", args.name)["users"]
         if not found:
             db.command("createUser", args.name, pwd=password, roles=roles)
