@@ -60,17 +60,17 @@ def state() -> dict:
             p.get("key") == key and "range_end" in p and p.get("permType") == 2
             for p in got.get("perm") or []
         )
-    password_ok = False
+    app_login_ok = False
     if auth_on and APP in user_names:
         login = ctl("get", PREFIX, "--keys-only", "--limit=1", user=APP)
-        password_ok = "authentication failed" not in login.stderr
+        app_login_ok = "authentication failed" not in login.stderr
     return {
         "auth_on": auth_on,
         "users": user_names,
         "roles": role_names,
         "roles_of": roles_of,
         "perm_ok": perm_ok,
-        "password_ok": password_ok,
+        "app_login_ok": app_login_ok,
     }
 
 
@@ -91,7 +91,7 @@ def steps(s: dict) -> list[tuple[list[str], str | None]]:
         out.append((["role", "grant-permission", APP, "readwrite", PREFIX, "--prefix=true"], None))
     if APP not in s["users"]:
         out.append((["user", "add", APP, "--interactive=true"], twice(APP_PW)))
-    elif not s["password_ok"]:
+    elif not s["app_login_ok"]:
         out.append((["user", "passwd", APP, "--interactive=true"], twice(APP_PW)))
     if APP not in s["roles_of"].get(APP, []):
         out.append((["user", "grant-role", APP, APP], None))
