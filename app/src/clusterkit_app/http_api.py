@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -15,7 +16,7 @@ from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,6 +29,12 @@ from .store import Documents, JobQueue, utcnow
 log = logging.getLogger(__name__)
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+def valid_id(value: str) -> bool:
+    """Whether ``value`` matches ID_RE as a whole, as the OpenAPI pattern means it (``$`` alone
+    would also accept a trailing newline)."""
+    return ID_RE.match(value) is not None and not value.endswith("\n")
 
 
 class ApiError(Exception):
@@ -57,7 +64,28 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def _is_json_media_type(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number out of range: {text[:32]}")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    content_type = request.headers.get("content-type")
+    if content_type is not None and not _is_json_media_type(content_type):
+        raise ApiError(415, "Content-Type must be application/json")
     length = request.headers.get("content-length")
     if length is not None:
         try:
@@ -67,14 +95,20 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
         if declared > limit:
             raise ApiError(413, f"body larger than {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, f"body larger than {limit} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"body larger than {limit} bytes")
+    except ClientDisconnect:
+        # The body ended before its Content-Length: the client's fault, not a server error.
+        raise ApiError(400, "client disconnected before the end of the body") from None
     if not body:
         raise ApiError(400, "empty body: a JSON object is expected")
     try:
-        data = json.loads(bytes(body))
+        # NaN, Infinity and numbers beyond a float's range are refused: they could be stored
+        # but not returned (JSON responses are strict).
+        data = json.loads(bytes(body), parse_float=_finite, parse_constant=_no_constant)
     except (ValueError, RecursionError):
         raise ApiError(400, "body is not valid JSON") from None
     if not isinstance(data, dict):
@@ -98,7 +132,7 @@ def _optional_id(data: dict[str, Any], field: str) -> str | None:
     value = data.get(field)
     if value is None:
         return None
-    if not isinstance(value, str) or not ID_RE.match(value):
+    if not isinstance(value, str) or not valid_id(value):
         raise ApiError(422, f"'{field}' must be a string matching {ID_RE.pattern}")
     return value
 
@@ -151,7 +185,7 @@ def build_app(ctx: WorkerContext) -> Starlette:
 
     async def get_request(request: Request) -> Response:
         request_id = request.path_params["id"]
-        doc = await ctx.docs.get_request(request_id) if ID_RE.match(request_id) else None
+        doc = await ctx.docs.get_request(request_id) if valid_id(request_id) else None
         if doc is None:
             raise ApiError(404, "unknown request id")
         doc["id"] = doc.pop("_id")
@@ -172,7 +206,7 @@ def build_app(ctx: WorkerContext) -> Starlette:
 
     async def get_job(request: Request) -> Response:
         job_id = request.path_params["id"]
-        if not ID_RE.match(job_id):
+        if not valid_id(job_id):
             raise ApiError(404, "unknown job id")
         record = await ctx.jobs.get(job_id)
         applied = await ctx.docs.get_applied(job_id)

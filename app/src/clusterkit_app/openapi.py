@@ -23,7 +23,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-_ERRORS = {"400": _ERROR, "413": _ERROR, "422": _ERROR, "503": _ERROR}
+_ERRORS = {"400": _ERROR, "413": _ERROR, "415": _ERROR, "422": _ERROR, "503": _ERROR}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
