@@ -82,18 +82,98 @@ def with_bad_type() -> dict:
     return inv
 
 
-@pytest.mark.parametrize(
-    ("inventory", "expected"),
-    [
-        (without_group("redis"), "Inventory group 'redis' has no hosts"),
-        (without_group("app_master"), "Inventory group 'app_master' has no hosts"),
-        (with_even_etcd(), "Inventory group 'etcd' has 2 hosts; use an odd number"),
-        (without_address(), "Host lb1.example.internal needs clusterkit_address"),
-        (with_duplicate_address(), "clusterkit_address must be unique per host"),
-        (with_bad_type(), "argument 'common_nofile_limit' is of type str"),
-    ],
-    ids=["no-redis", "no-master", "even-etcd", "no-address", "duplicate-address", "bad-type"],
-)
+def with_vars(**values: object) -> dict:
+    inv = example()
+    inv["all"]["vars"].update(values)
+    return inv
+
+
+def with_host_vars(host: str, group: str, **values: object) -> dict:
+    inv = example()
+    hosts = inv["all"]["children"][group]["hosts"]
+    hosts[host] = {**(hosts[host] or {}), **values}
+    return inv
+
+
+def with_two_masters() -> dict:
+    inv = example()
+    inv["all"]["children"]["app_master"]["hosts"]["app2.example.internal"] = None
+    return inv
+
+
+def with_workers_of_an_unknown_node() -> dict:
+    return with_host_vars("app2.example.internal", "app_workers", app_node_id="node2")
+
+
+BAD = {
+    "no-redis": (without_group("redis"), "Inventory group 'redis' has no hosts"),
+    "no-master": (without_group("app_master"), "Inventory group 'app_master' has no hosts"),
+    "even-etcd": (with_even_etcd(), "Inventory group 'etcd' has 2 hosts; use an odd number"),
+    "no-address": (without_address(), "Host lb1.example.internal needs clusterkit_address"),
+    "duplicate-address": (with_duplicate_address(), "clusterkit_address must be unique per host"),
+    "bad-type": (with_bad_type(), "argument 'common_nofile_limit' is of type str"),
+    "two-masters": (
+        with_two_masters(),
+        "Group app_master has 2 hosts for NODE_ID node1: app1.example.internal, "
+        "app2.example.internal",
+    ),
+    "workers-without-master": (
+        with_workers_of_an_unknown_node(),
+        "Host app2.example.internal runs workers for NODE_ID node2 (app_node_id), but no host",
+    ),
+    "no-worker-hosts": (without_group("app_workers"), "Inventory group 'app_workers' has no hosts"),
+    "zero-workers": (
+        with_vars(app_workers_per_host=0),
+        "No app worker would run: app_workers_per_host is 0 on every host of group app_workers",
+    ),
+    "unknown-balance": (
+        with_vars(haproxy_balance="fastest"),
+        "value of haproxy_balance must be one of: leastconn, roundrobin",
+    ),
+    "workers-on-grpc-port": (
+        with_vars(app_worker_base_port=7000),
+        "Port clash on app1.example.internal: port 7001 is used by the master gRPC port "
+        "(app_master_grpc_port) and app worker 1 (app_worker_base_port 7000 + 1",
+    ),
+    "workers-on-health-port": (
+        with_host_vars("app1.example.internal", "app_workers", app_master_health_port=8181),
+        "port 8181 is used by the master health port (app_master_health_port) and app worker 1",
+    ),
+    "haproxy-on-nginx-port": (
+        with_vars(haproxy_api_port=80),
+        "Port clash on lb1.example.internal: port 80 is used by the HAProxy API frontend "
+        "(haproxy_api_port) and nginx HTTP (nginx_http_port)",
+    ),
+    "stats-on-https-port": (
+        with_vars(nginx_tls_enabled=True, haproxy_stats_port=443),
+        "port 443 is used by the HAProxy stats page (haproxy_stats_port) and nginx HTTPS",
+    ),
+    "etcd-on-redis-port": (
+        with_vars(etcd_peer_port=6379),
+        "Port clash on data1.example.internal: port 6379 is used by Redis (redis_port) and etcd "
+        "peers (etcd_peer_port)",
+    ),
+    "empty-redis-password": (
+        with_vars(redis_password=""),
+        "redis_password is set to an empty value for data1.example.internal",
+    ),
+    "empty-grpc-token": (
+        with_host_vars("app2.example.internal", "app_workers", app_grpc_token=""),
+        "app_grpc_token is set to an empty value for app2.example.internal",
+    ),
+    "empty-secrets-dir": (
+        with_vars(clusterkit_secrets_dir=""),
+        "The secrets directory '' (clusterkit_secrets_dir, or mongodb_secrets_dir for MongoDB) "
+        "cannot hold the generated passwords",
+    ),
+    "secrets-dir-is-a-file": (
+        with_vars(clusterkit_secrets_dir="{{ inventory_dir }}/hosts.yml"),
+        "/hosts.yml' (clusterkit_secrets_dir, or mongodb_secrets_dir for MongoDB) cannot hold",
+    ),
+}
+
+
+@pytest.mark.parametrize(("inventory", "expected"), list(BAD.values()), ids=list(BAD))
 def test_preflight_refuses_bad_inventories(tmp_path: Path, inventory: dict, expected: str) -> None:
     path = tmp_path / "hosts.yml"
     path.write_text(yaml.safe_dump(inventory))
