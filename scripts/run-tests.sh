@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite (`make test`): lint, unit and render tests, deploy the lab with
 # `ansible-playbook site.yml`, prove a second run changes nothing, test the deployed lab,
-# then every Molecule scenario. Each stage's log goes to logs/; a summary closes the run.
+# then every Molecule scenario, then a fresh lab deployed with the pyinfra engine (deploy and
+# a rerun that changes nothing). Each stage's log goes to logs/; a summary closes the run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -39,6 +40,17 @@ for scenario in molecule/*/molecule.yml; do
   name=$(basename "$(dirname "$scenario")")
   stage "molecule-${name}" molecule test -s "$name"
 done
+
+# The pyinfra engine on a fresh lab (README "pyinfra engine"): the same templates and
+# variables, and a rerun that changes nothing.
+stage pyinfra-teardown ansible-playbook playbooks/teardown.yml
+stage pyinfra-lab ansible-playbook playbooks/lab.yml
+stage pyinfra-deploy python -m pyinfra_deploy.run
+if [ "${failures[*]:-}" != "${failures[*]/pyinfra-deploy/}" ]; then
+  echo "    (pyinfra deploy failed: skipping its idempotence check)"
+else
+  stage pyinfra-idempotence python -m pyinfra_deploy.run --check-noop
+fi
 
 echo
 echo "failed stages: ${failures[*]:-none}"
