@@ -12,6 +12,9 @@ Writes results/scaling.{csv,json,md,png}; exits 1 when the efficiency X(N) / (N 
 below --min-efficiency at any N.
 
     python scripts/scaling-run.py [--workers 1,2,4,8,16] [--duration 30] [--min-efficiency 0.9]
+
+Another deployment than the lab: CLUSTERKIT_INVENTORY=<inventory dir>, CLUSTERKIT_STATS_URL=
+<HAProxy stats CSV URL> and LOCUST_HOST=<front end URL> (see loadtests/_lab.py).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "loadtests"))
 import _lab  # noqa: E402
 
-INVENTORY = ROOT / "inventory" / "lab"
+INVENTORY = _lab.INVENTORY  # CLUSTERKIT_INVENTORY, default inventory/lab
 CAPACITY_RPS = 1000 / 66
 
 

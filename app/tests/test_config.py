@@ -30,6 +30,11 @@ def test_defaults() -> None:
     assert cfg.worker_id.endswith("-8180")
     assert cfg.master_target == "10.0.0.1:7001"
     assert cfg.etcd_endpoints == ("http://127.0.0.1:2379",)
+    assert cfg.request_write_concern == "majority"
+
+
+def test_request_write_concern_1() -> None:
+    assert load_config({**BASE, "REQUEST_WRITE_CONCERN": "1"}).request_write_concern == "1"
 
 
 def test_standalone_needs_only_node_id() -> None:
@@ -60,6 +65,7 @@ def test_standalone_needs_only_node_id() -> None:
         ({"JOB_ACK_TIMEOUT_S": "soon"}, "JOB_ACK_TIMEOUT_S"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"REDIS_DB": "x"}, "REDIS_DB"),
+        ({"REQUEST_WRITE_CONCERN": "2"}, "REQUEST_WRITE_CONCERN"),
     ],
 )
 def test_invalid_variables_are_named(change: dict[str, str], name: str) -> None:

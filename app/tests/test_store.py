@@ -88,3 +88,18 @@ async def test_apply_is_idempotent(docs: Documents) -> None:
     doc = await docs.get_applied("job-1")
     assert doc is not None and doc["worker_id"] == "w1" and doc["attempt"] == 1
     assert await docs.db.applied_jobs.count_documents({}) == 1
+
+
+@pytest.mark.parametrize(("setting", "w"), [("majority", "majority"), ("1", 1)])
+async def test_request_documents_use_the_configured_write_concern(
+    mongo_server: MongoServer, setting: str, w: object
+) -> None:
+    d = Documents(mongo_server.uri, "t_request_wc", "tests", setting)
+    try:
+        assert d.requests.write_concern.document == {"w": w, "j": True}
+        assert d.db.applied_jobs.write_concern.document == {"w": "majority"}
+        await d.insert_request({"_id": "r1", "payload": "{}"})
+        assert (await d.get_request("r1")) == {"_id": "r1", "payload": "{}"}
+    finally:
+        await d.client.drop_database("t_request_wc")
+        await d.close()

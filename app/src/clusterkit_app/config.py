@@ -11,6 +11,7 @@ from typing import Literal
 
 Mode = Literal["standalone", "master", "worker"]
 WorkMode = Literal["sleep", "cpu"]
+RequestWriteConcern = Literal["majority", "1"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
@@ -41,6 +42,10 @@ class Config:
     redis_db: int = 0
     mongodb_uri: str = "mongodb://127.0.0.1:27017"
     mongodb_database: str = "clusterkit"
+    # Write concern of the request audit documents: "majority" (survives a failover) or "1"
+    # (acknowledged by the primary's journal; a failover can roll back the newest ones).
+    # Applied jobs are always written with "majority".
+    request_write_concern: RequestWriteConcern = "majority"
     etcd_endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
     etcd_user: str | None = None
     etcd_password: str | None = field(default=None, repr=False)
@@ -193,6 +198,10 @@ def load_config(env: Mapping[str, str]) -> Config:
             "LOG_LEVEL", f"must be one of {', '.join(_LOG_LEVELS)}, got {log_level!r}"
         )
 
+    request_wc = (_str(env, "REQUEST_WRITE_CONCERN", "majority") or "majority").lower()
+    if request_wc not in ("majority", "1"):
+        raise ConfigError("REQUEST_WRITE_CONCERN", f"must be majority or 1, got {request_wc!r}")
+
     mongodb_uri = _str(env, "MONGODB_URI", "mongodb://127.0.0.1:27017") or ""
     if not mongodb_uri.startswith(("mongodb://", "mongodb+srv://")):
         raise ConfigError("MONGODB_URI", "must start with mongodb:// or mongodb+srv://")
@@ -214,6 +223,7 @@ def load_config(env: Mapping[str, str]) -> Config:
         mongodb_database=_name(
             env, "MONGODB_DATABASE", _str(env, "MONGODB_DATABASE", "clusterkit") or ""
         ),
+        request_write_concern=request_wc,  # type: ignore[arg-type]
         etcd_endpoints=etcd_endpoints,
         etcd_user=etcd_user,
         etcd_password=etcd_password,

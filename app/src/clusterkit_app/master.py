@@ -30,7 +30,11 @@ log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "x-clusterkit-token"
 PING_INTERVAL_S = 5.0
+# An empty queue is polled every POLL_INTERVAL_S at first, then less and less often up to
+# POLL_INTERVAL_MAX_S while it stays empty (an idle master costs Redis and the host almost
+# nothing); the first job found brings the interval back to POLL_INTERVAL_S.
 POLL_INTERVAL_S = 0.02
+POLL_INTERVAL_MAX_S = 0.2
 CLAIM_BATCH = 64
 
 
@@ -170,6 +174,7 @@ class Master(pb_grpc.JobDispatchServicer):  # type: ignore[misc]
         return True
 
     async def dispatch_loop(self) -> None:
+        poll_interval = POLL_INTERVAL_S
         while not self.stopping:
             if not self._dispatch_allowed():
                 # The lease is not confirmed right now (a keepalive came late, e.g. on a busy
@@ -192,8 +197,10 @@ class Master(pb_grpc.JobDispatchServicer):  # type: ignore[misc]
                 await asyncio.sleep(1.0)
                 continue
             if not claimed:
-                await asyncio.sleep(POLL_INTERVAL_S)
+                await asyncio.sleep(poll_interval)
+                poll_interval = min(poll_interval * 2, POLL_INTERVAL_MAX_S)
                 continue
+            poll_interval = POLL_INTERVAL_S
             for job in claimed:
                 # the lease may have expired while we waited for Redis: dispatch nothing then
                 if not self._dispatch_allowed() or not self._send(job):

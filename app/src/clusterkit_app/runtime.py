@@ -142,7 +142,12 @@ async def run(config: Config) -> int:
             )
 
         if config.mode in ("worker", "standalone"):
-            docs = Documents(config.mongodb_uri, config.mongodb_database, config.worker_id)
+            docs = Documents(
+                config.mongodb_uri,
+                config.mongodb_database,
+                config.worker_id,
+                config.request_write_concern,
+            )
             worker = Worker(config, jobs, docs, etcd)
             inflight_mw = InFlightMiddleware(build_app(worker))
             http = _http_server(

@@ -192,9 +192,12 @@ class JobQueue:
 
 
 class Documents:
-    """MongoDB side: ``requests`` and ``applied_jobs`` (majority write concern)."""
+    """MongoDB side: ``requests`` (write concern as configured) and ``applied_jobs``
+    (majority write concern)."""
 
-    def __init__(self, uri: str, database: str, appname: str) -> None:
+    def __init__(
+        self, uri: str, database: str, appname: str, request_write_concern: str = "majority"
+    ) -> None:
         self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             uri,
             appname=appname,
@@ -206,6 +209,12 @@ class Documents:
         self.db: AsyncDatabase[dict[str, Any]] = self.client.get_database(
             database, write_concern=WriteConcern(w="majority")
         )
+        # Request audit documents may trade failover durability for less replication work on
+        # the request path (w=1, still journaled); applied jobs always stay majority.
+        self.requests = self.db.get_collection(
+            "requests",
+            write_concern=WriteConcern(w=1 if request_write_concern == "1" else "majority", j=True),
+        )
 
     async def close(self) -> None:
         await self.client.close()
@@ -214,10 +223,10 @@ class Documents:
         await self.db.command("ping")
 
     async def insert_request(self, doc: dict[str, Any]) -> None:
-        await self.db.requests.insert_one(doc)
+        await self.requests.insert_one(doc)
 
     async def get_request(self, request_id: str) -> dict[str, Any] | None:
-        return await self.db.requests.find_one({"_id": request_id})
+        return await self.requests.find_one({"_id": request_id})
 
     async def apply_job(self, job_id: str, worker_id: str, attempt: int, payload_json: str) -> bool:
         """The idempotent apply: True if applied now, False if it had been applied before."""
