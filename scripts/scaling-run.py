@@ -24,6 +24,7 @@ import csv
 import json
 import os
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -42,7 +43,7 @@ INVENTORY = _lab.INVENTORY  # CLUSTERKIT_INVENTORY, default inventory/lab
 CAPACITY_RPS = 1000 / 66
 
 
-def app_hosts() -> list[str]:
+def inventory() -> dict:
     out = subprocess.run(
         ["ansible-inventory", "-i", str(INVENTORY), "--list"],
         cwd=ROOT,
@@ -50,7 +51,33 @@ def app_hosts() -> list[str]:
         capture_output=True,
         text=True,
     ).stdout
-    return list(json.loads(out)["app_workers"]["hosts"])
+    return json.loads(out)
+
+
+def app_hosts() -> list[str]:
+    return list(inventory()["app_workers"]["hosts"])
+
+
+def frontend_url() -> str | None:
+    """Where the load goes: LOCUST_HOST when set; else nginx on the first load balancer's
+    private address when the controller reaches it directly (the lab's hosts are on a local
+    bridge), which keeps Docker's port-publishing proxy, a lab-only hop that costs CPU, off
+    the path; else None (loadtests' default, http://127.0.0.1:8080)."""
+    if os.environ.get("LOCUST_HOST"):
+        return os.environ["LOCUST_HOST"]
+    inv = inventory()
+    lbs = inv.get("lb", {}).get("hosts", [])
+    if not lbs:
+        return None
+    hostvars = inv["_meta"]["hostvars"].get(lbs[0], {})
+    address, port = hostvars.get("clusterkit_address"), int(hostvars.get("nginx_http_port", 80))
+    if not address:
+        return None
+    try:
+        socket.create_connection((address, port), timeout=1).close()
+    except OSError:
+        return None
+    return f"http://{address}:{port}"
 
 
 def spread(total: int, hosts: list[str]) -> dict[str, int]:
@@ -98,7 +125,9 @@ def cpu_times() -> tuple[int, int]:
     return total - fields[3] - fields[4], total
 
 
-def run_locust(n: int, users: int, duration: int, report: Path) -> tuple[dict, float, float]:
+def run_locust(
+    n: int, users: int, duration: int, report: Path, host: str | None
+) -> tuple[dict, float, float]:
     """One headless Locust run; returns its report, the CPU seconds Locust used and the share
     of the whole machine's CPU that was busy meanwhile (everything: lab, proxies, Locust)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -110,6 +139,8 @@ def run_locust(n: int, users: int, duration: int, report: Path) -> tuple[dict, f
         # The gate is this script's efficiency check, not the per-run thresholds.
         "--min-capacity-ratio", "0", "--max-error-ratio", "1", "--max-p95-ms", "1e9",
     ]  # fmt: skip
+    if host:
+        cmd += ["--host", host]
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     machine_after = cpu_times()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -156,6 +187,8 @@ def main() -> None:
     log = args.out / "scaling-deploy.log"
     log.write_text("")
     hosts = app_hosts()
+    host = frontend_url()
+    print(f"load goes to {host or 'http://127.0.0.1:8080 (loadtests default)'}", flush=True)
 
     rows: list[dict] = []
     try:
@@ -166,7 +199,7 @@ def main() -> None:
             wait_for_servers(n)
             users = max(n * args.users_per_worker, 2)
             with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
-                report, cpu, busy = run_locust(n, users, args.duration, Path(tmp.name))
+                report, cpu, busy = run_locust(n, users, args.duration, Path(tmp.name), host)
             per_worker = list(report["per_worker_requests"].values())
             row = {
                 "workers": n,
@@ -201,14 +234,14 @@ def main() -> None:
         print("restoring the inventory's worker counts ...", flush=True)
         deploy(None, log)
 
-    write_outputs(rows, args)
+    write_outputs(rows, args, host or "http://127.0.0.1:8080")
     worst = min(r["efficiency"] for r in rows)
     if worst < args.min_efficiency:
         sys.exit(f"efficiency {worst} < {args.min_efficiency}")
     print(f"scaling ok: efficiency ≥ {worst} at every N")
 
 
-def write_outputs(rows: list[dict], args: argparse.Namespace) -> None:
+def write_outputs(rows: list[dict], args: argparse.Namespace, frontend: str) -> None:
     out = args.out
     with (out / "scaling.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -219,6 +252,7 @@ def write_outputs(rows: list[dict], args: argparse.Namespace) -> None:
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python scripts/scaling-run.py " + " ".join(sys.argv[1:]),
         "machine_cpus": os.cpu_count(),
+        "frontend": frontend,
         "duration_s_per_step": args.duration,
         "capacity_model_rps_per_worker": round(CAPACITY_RPS, 2),
         "x1_rps": rows[0]["throughput_rps"],

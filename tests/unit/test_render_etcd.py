@@ -86,7 +86,7 @@ def test_renders_the_member_settings() -> None:
     # etcd reads the retention as a string and the numbers as integers.
     assert config["auto-compaction-retention"] == "1h"
     assert config["quota-backend-bytes"] == 2147483648
-    assert config["heartbeat-interval"] == 100
+    assert config["heartbeat-interval"] == 250
     assert config["log-level"] == "info"
 
 

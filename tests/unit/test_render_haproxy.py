@@ -103,18 +103,27 @@ def test_backend_lists_every_worker_with_checks_and_limit() -> None:
     (default_server,) = directives(backend, "default-server")
     settings = dict(zip(default_server[1::2], default_server[2::2], strict=False))
     assert default_server[0] == "check"
-    assert settings == {"inter": "1s", "downinter": "2s", "fall": "2", "rise": "2", "maxconn": "1"}
+    assert settings == {
+        "inter": "2s",
+        "fastinter": "500ms",
+        "downinter": "2s",
+        "fall": "2",
+        "rise": "2",
+        "maxconn": "1",
+    }
 
 
 def test_dead_worker_is_detected_within_about_three_seconds() -> None:
-    """A dead worker refuses the connection: each check fails at once, so it is DOWN after
-    `fall` intervals; a hung one after `fall` checks that each time out."""
-    seconds = {"1s": 1.0, "2s": 2.0}
+    """A dead worker refuses the connection: its first failed check comes within `inter`, the
+    next ones every `fastinter`, so it is DOWN after inter + (fall - 1) x fastinter; a hung one
+    after `fall` checks that each time out."""
+    seconds = {"500ms": 0.5, "1s": 1.0, "2s": 2.0}
     inter = seconds[DEFAULTS["haproxy_health_check_inter"]]
+    fastinter = seconds[DEFAULTS["haproxy_health_check_fastinter"]]
     check = seconds[DEFAULTS["haproxy_timeout_check"]]
     fall = DEFAULTS["haproxy_health_check_fall"]
-    assert fall * inter <= 3.0
-    assert fall * (inter + check) <= 6.0
+    assert inter + (fall - 1) * fastinter <= 3.0
+    assert inter + check + (fall - 1) * (fastinter + check) <= 7.0
 
 
 def test_no_worker_limit_when_maxconn_is_zero() -> None:
