@@ -252,6 +252,7 @@ def write_outputs(rows: list[dict], args: argparse.Namespace, frontend: str) -> 
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python scripts/scaling-run.py " + " ".join(sys.argv[1:]),
         "machine_cpus": os.cpu_count(),
+        "inventory": str(INVENTORY),
         "frontend": frontend,
         "duration_s_per_step": args.duration,
         "capacity_model_rps_per_worker": round(CAPACITY_RPS, 2),
