@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)", re.MULTILINE)
 PYINFRA_CHANGES = re.compile(r"^pyinfra: \d+ operations, (\d+) changes, (\d+) errors", re.MULTILINE)
 ENGINES = {
-    "ansible": ["ansible-playbook", "site.yml"],
     "pyinfra": [sys.executable, "-m", "pyinfra_deploy.run"],
+    "ansible": ["ansible-playbook", "site.yml"],
 }
 
 
