@@ -42,7 +42,7 @@ for scenario in molecule/*/molecule.yml; do
 done
 
 # The pyinfra engine on a fresh lab (README "pyinfra engine"): the same templates and
-# variables, and a rerun that changes nothing.
+# variables, a rerun that changes nothing, then the same Testinfra suite as after site.yml.
 stage pyinfra-teardown ansible-playbook playbooks/teardown.yml
 stage pyinfra-lab ansible-playbook playbooks/lab.yml
 stage pyinfra-deploy python -m pyinfra_deploy.run
@@ -50,6 +50,7 @@ if [ "${failures[*]:-}" != "${failures[*]/pyinfra-deploy/}" ]; then
   echo "    (pyinfra deploy failed: skipping its idempotence check)"
 else
   stage pyinfra-idempotence python -m pyinfra_deploy.run --check-noop
+  stage pyinfra-labtests python -m pytest tests/lab -q
 fi
 
 echo
