@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -102,16 +103,34 @@ def all_healthy(client: httpx.Client) -> None:
 
 
 def submit(client: httpx.Client, ids: list[str], tag: str) -> None:
-    """POST /api/jobs for every id, spread round-robin over all workers, 16 at a time."""
+    """POST /api/jobs for every id, spread round-robin over all workers, 16 at a time.
+
+    Each thread has a connection pool of its own (one shared pool across threads has failed
+    a read with EBADF under this load). A submit whose connection breaks is sent once more:
+    POST /api/jobs with an id is idempotent (202, created false), as clients are told to do.
+    """
+    local = threading.local()
+    clients: list[httpx.Client] = []
 
     def one(i: int) -> None:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(timeout=client.timeout)
+            clients.append(local.client)
         url = f"{WORKER_URLS[i % len(WORKER_URLS)]}/api/jobs"
-        r = client.post(url, json={"id": ids[i], "payload": {"test": tag, "n": i}})
+        body = {"id": ids[i], "payload": {"test": tag, "n": i}}
+        try:
+            r = local.client.post(url, json=body)
+        except httpx.TransportError:
+            r = local.client.post(url, json=body)
         assert r.status_code == 202, (url, r.status_code, r.text)
         assert r.json()["id"] == ids[i]
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(one, range(len(ids))))
+    try:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(one, range(len(ids))))
+    finally:
+        for c in clients:
+            c.close()
 
 
 def wait_applied(mongo, prefix: str, count: int, timeout: float = 240) -> list[dict]:
