@@ -54,7 +54,8 @@ def backend_servers(timeout: float = 5.0) -> list[Server]:
     ]
 
 
-def inventory_worker_count() -> int:
+def inventory() -> dict:
+    """`ansible-inventory --list` of the inventory in use."""
     out = subprocess.run(
         ["ansible-inventory", "-i", str(INVENTORY), "--list"],
         cwd=ROOT,
@@ -62,7 +63,11 @@ def inventory_worker_count() -> int:
         capture_output=True,
         text=True,
     ).stdout
-    inv = json.loads(out)
+    return json.loads(out)
+
+
+def inventory_worker_count() -> int:
+    inv = inventory()
     hostvars = inv["_meta"]["hostvars"]
     hosts = inv.get("app_workers", {}).get("hosts", [])
     return sum(

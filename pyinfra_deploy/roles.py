@@ -785,33 +785,20 @@ def app(v: Vars) -> None:
                 "instance (loaded after app.env).",
             )
         )
-    units = [
-        template(
+
+    def unit_file(name: str) -> Any:
+        return template(
             v,
-            f"app/{target}.j2",
-            f"/etc/systemd/system/{target}",
-            validate=UNIT_VALIDATE.format(unit=target),
+            f"app/{name}.j2",
+            f"/etc/systemd/system/{name}",
+            validate=UNIT_VALIDATE.format(unit=name),
         )
-    ]
+
+    units = [unit_file(target)]
     if runs_master:
-        master_ops.append(
-            template(
-                v,
-                f"app/{master_unit}.j2",
-                f"/etc/systemd/system/{master_unit}",
-                validate=UNIT_VALIDATE.format(unit=master_unit),
-            )
-        )
+        master_ops.append(unit_file(master_unit))
         units.append(master_ops[-1])
-    worker_template = v["app_worker_unit_template"]
-    worker_ops.append(
-        template(
-            v,
-            f"app/{worker_template}.j2",
-            f"/etc/systemd/system/{worker_template}",
-            validate=UNIT_VALIDATE.format(unit=worker_template),
-        )
-    )
+    worker_ops.append(unit_file(v["app_worker_unit_template"]))
     units.append(worker_ops[-1])
     shell("Reload systemd after a unit change", ["systemctl daemon-reload"], _if=changed(*units))
 

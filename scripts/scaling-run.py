@@ -24,7 +24,6 @@ import csv
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,41 +42,14 @@ INVENTORY = _lab.INVENTORY  # CLUSTERKIT_INVENTORY, default inventory/lab
 CAPACITY_RPS = 1000 / 66
 
 
-def inventory() -> dict:
-    out = subprocess.run(
-        ["ansible-inventory", "-i", str(INVENTORY), "--list"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out)
-
-
 def app_hosts() -> list[str]:
-    return list(inventory()["app_workers"]["hosts"])
+    return list(_lab.inventory()["app_workers"]["hosts"])
 
 
 def frontend_url() -> str | None:
-    """Where the load goes: LOCUST_HOST when set; else nginx on the first load balancer's
-    private address when the controller reaches it directly (the lab's hosts are on a local
-    bridge), which keeps Docker's port-publishing proxy, a lab-only hop that costs CPU, off
-    the path; else None (loadtests' default, http://127.0.0.1:8080)."""
-    if os.environ.get("LOCUST_HOST"):
-        return os.environ["LOCUST_HOST"]
-    inv = inventory()
-    lbs = inv.get("lb", {}).get("hosts", [])
-    if not lbs:
-        return None
-    hostvars = inv["_meta"]["hostvars"].get(lbs[0], {})
-    address, port = hostvars.get("clusterkit_address"), int(hostvars.get("nginx_http_port", 80))
-    if not address:
-        return None
-    try:
-        socket.create_connection((address, port), timeout=1).close()
-    except OSError:
-        return None
-    return f"http://{address}:{port}"
+    """Where the load goes: LOCUST_HOST when set, else None (loadtests' default,
+    http://127.0.0.1:8080, the lab's published front end)."""
+    return os.environ.get("LOCUST_HOST") or None
 
 
 def spread(total: int, hosts: list[str]) -> dict[str, int]:
