@@ -1,4 +1,4 @@
-"""The clusterkit deploy for pyinfra: the roles of site.yml (common, redis, mongodb, etcd,
+"""The clusterkit deploy for pyinfra: the roles of site.yml (common, firewall, redis, mongodb, etcd,
 app, haproxy, nginx, loadgen) on the hosts of the Ansible inventory, rendering the same
 templates with the same variables and secrets.
 
@@ -24,6 +24,7 @@ v = world()[host.data.inventory_hostname]
 groups = set(v["group_names"])
 
 roles.common(v)
+roles.firewall(v)
 roles.barrier("base system")
 if "redis" in groups:
     roles.redis(v)

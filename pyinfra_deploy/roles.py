@@ -191,6 +191,63 @@ def common(v: Vars) -> None:
     )
 
 
+# ----------------------------------------------------------------------------- firewall
+
+NFT_LOAD = "nft -f /etc/nftables.conf"
+
+
+def firewall(v: Vars) -> None:
+    """The firewall role's main entry: nftables, /etc/nftables.conf, SSH and management."""
+    if not v["firewall_enabled"]:
+        return
+    apt(list(v["firewall_packages"]), "Install nftables")
+    dropin(
+        v,
+        "nftables.service",
+        {"Service": {"ExecStop": ["", "-/usr/sbin/nft delete table inet clusterkit"]}},
+        name="clusterkit",
+        container_only=False,
+    )
+    files.directory(
+        name="Create the firewall rules directory",
+        path=v["firewall_rules_dir"],
+        user="root",
+        group="root",
+        mode="0755",
+    )
+    conf = template(
+        v, "firewall/nftables.conf.j2", "/etc/nftables.conf", mode="0755", validate="nft -c -f %s"
+    )
+    firewall_rules(
+        v,
+        "00-base",
+        [
+            {"name": "ssh", "ports": [v["firewall_ssh_port"]], "from": v["firewall_ssh_sources"]},
+            {"name": "management", "from": v["firewall_management_sources"]},
+        ],
+    )
+    started = service("nftables.service")
+    shell(
+        "Load the new firewall rules",
+        [NFT_LOAD],
+        _if=lambda: done_and_changed(conf) and not done_and_changed(started),
+    )
+
+
+def firewall_rules(v: Vars, name: str, rules: list[dict[str, Any]]) -> None:
+    """The firewall role's `tasks_from: rules.yml`: one role's rules, loaded when changed."""
+    if not v["firewall_enabled"]:
+        return
+    scoped = HostVars(v.world, v.name, {"firewall_rules_name": name, "firewall_rules": rules})
+    written = template(
+        scoped,
+        "firewall/rules.nft.j2",
+        f"{v['firewall_rules_dir']}/{name}.nft",
+        validate="nft -c -f %s",
+    )
+    shell(f"Load the firewall rules of {name}", [NFT_LOAD], _if=changed(written))
+
+
 # -------------------------------------------------------------------------------- redis
 
 
@@ -221,6 +278,7 @@ def redis(v: Vars) -> None:
         group="redis",
         validate=check,
     )
+    firewall_rules(v, "redis", list(v["redis_firewall_rules"]))
     service("redis-server.service")
     password = str(v["redis_password"]).replace("\\", "\\\\").replace('"', '\\"')
     ping = (
@@ -428,6 +486,7 @@ def mongodb(v: Vars) -> None:
         _if=changed(binary, keyfile, conf, unit),
         _serial=True,
     )
+    firewall_rules(v, "mongodb", list(v["mongodb_firewall_rules"]))
     service("mongod.service")
     answering = f'{probe} state --port {port} | grep -vq \'"state": "DOWN"\''
 
@@ -589,6 +648,7 @@ def etcd(v: Vars) -> None:
         ),
         _serial=True,
     )
+    firewall_rules(v, "etcd", list(v["etcd_firewall_rules"]))
     service("etcd.service", no_block=True)
     ensure(
         name="Wait until the etcd cluster is healthy",
@@ -801,6 +861,7 @@ def app(v: Vars) -> None:
     worker_ops.append(unit_file(v["app_worker_unit_template"]))
     units.append(worker_ops[-1])
     shell("Reload systemd after a unit change", ["systemctl daemon-reload"], _if=changed(*units))
+    firewall_rules(v, "app", list(v["app_firewall_rules"]))
 
     addr, timeout = v["app_health_host"], int(v["app_health_timeout"])
     health = v["app_health_path"]
@@ -922,6 +983,7 @@ def haproxy(v: Vars) -> None:
         group="haproxy",
         validate="haproxy -c -f %s -q",
     )
+    firewall_rules(v, "haproxy", list(v["haproxy_firewall_rules"]))
     start = service("haproxy.service")
     sock = q(v["haproxy_runtime_socket"])
     state_file = v["haproxy_server_state_file"]
@@ -1014,6 +1076,7 @@ def nginx(v: Vars) -> None:
     files.directory(name=f"Create {root}", path=root, user="root", group="root", mode="0755")
     template(v, "nginx/index.html.j2", f"{root}/index.html")
     conf = template(v, "nginx/nginx.conf.j2", "/etc/nginx/nginx.conf", validate="nginx -t -q -c %s")
+    firewall_rules(v, "nginx", list(v["nginx_firewall_rules"]))
     start = service("nginx.service")
     ensure(
         name="Reload nginx for its new config (graceful)",

@@ -22,7 +22,7 @@ import yaml
 from jinja2.nativetypes import NativeEnvironment
 
 ROOT = Path(__file__).resolve().parent.parent
-ROLES = ("common", "redis", "mongodb", "etcd", "app", "haproxy", "nginx", "loadgen")
+ROLES = ("common", "firewall", "redis", "mongodb", "etcd", "app", "haproxy", "nginx", "loadgen")
 TEMPLATE_MARKERS = ("{{", "{%", "{#")
 
 
@@ -55,7 +55,9 @@ def groups_of(inv: dict[str, Any]) -> dict[str, list[str]]:
                 out += [h for h in hosts(child, seen | {group}) if h not in out]
         return out
 
+    # Empty groups appear only as a child of another group in `ansible-inventory --list`.
     names = [k for k in inv if k != "_meta"]
+    names += sorted({c for k in names for c in inv[k].get("children", [])} - set(names))
     result = {name: hosts(name) for name in names}
     result["all"] = list(inv["_meta"]["hostvars"])
     return result

@@ -1,8 +1,9 @@
 """Security of the deployed lab, beyond what each component's own tests check.
 
-- From the load balancer host (outside the data tier), Redis, MongoDB and etcd refuse a client
-  without credentials: each answers an unauthenticated command with its "authenticate first"
-  error, or is not reachable at all (a firewall); none serves data.
+- Redis, MongoDB and etcd refuse a client without credentials. From an app host (a tier the
+  host firewall lets through) each answers an unauthenticated command with its "authenticate
+  first" error; from the load balancer host (outside the tiers that need them) the firewall
+  drops the connection. None serves data.
 - HAProxy's runtime API is a UNIX socket only: no `stats socket` or master CLI on a TCP address,
   and none of HAProxy's TCP listeners answers runtime commands.
 - The master's gRPC service refuses a client without the shared token, or with a wrong one;
@@ -26,7 +27,15 @@ from clusterkit_app.master import TOKEN_HEADER
 from clusterkit_app.pb import jobs_pb2 as pb
 from clusterkit_app.pb import jobs_pb2_grpc as pb_grpc
 
-from tests.conftest import INVENTORY, address, group_hosts, hostvar, secret, setting
+from tests.conftest import (
+    INVENTORY,
+    address,
+    group_hosts,
+    hostvar,
+    inventory,
+    secret,
+    setting,
+)
 
 LB_HOSTS = group_hosts("lb")
 MASTER_HOSTS = group_hosts("app_master")
@@ -132,22 +141,41 @@ def data_endpoints() -> list[tuple[str, str, int]]:
     return ends
 
 
-@pytest.fixture(scope="module")
-def probes(lb) -> dict[str, str]:
+def probe_from(name: str) -> dict[str, str]:
     ends = data_endpoints()
     assert ends, "inventory has no data tier"
-    out = lb.check_output(f"python3 -c {shlex.quote(PROBE)} {shlex.quote(json.dumps(ends))}")
+    out = lab_host(name).check_output(
+        f"python3 -c {shlex.quote(PROBE)} {shlex.quote(json.dumps(ends))}"
+    )
     return dict(json.loads(out))
 
 
+@pytest.fixture(scope="module")
+def probes() -> dict[str, dict[str, str]]:
+    # The lb host is in no tier that needs the data tier; an app worker host is in all of them.
+    sources = {"lb": LB_HOSTS[0], "app": group_hosts("app_workers")[0]}
+    return {tier: probe_from(name) for tier, name in sources.items()}
+
+
+def expected(tier: str, endpoint: str) -> str:
+    host = next(
+        h
+        for h in inventory()["_meta"]["hostvars"]
+        if endpoint.split("@")[1].startswith(address(h) + ":")
+    )
+    firewalled = bool(setting(host, "firewall_enabled"))
+    return "blocked" if tier == "lb" and firewalled else "auth-required"
+
+
+@pytest.mark.parametrize("tier", ["lb", "app"])
 @pytest.mark.parametrize("kind", ["redis", "mongodb", "etcd"])
-def test_data_tier_refuses_unauthenticated_clients_from_the_lb_host(
-    probes: dict[str, str], kind: str
+def test_data_tier_refuses_unauthenticated_clients(
+    probes: dict[str, dict[str, str]], kind: str, tier: str
 ) -> None:
-    mine = {k: v for k, v in probes.items() if k.startswith(kind + "@")}
+    mine = {k: v for k, v in probes[tier].items() if k.startswith(kind + "@")}
     assert mine, f"no {kind} endpoint probed"
-    opened = {k: v for k, v in mine.items() if v not in ("auth-required", "blocked")}
-    assert not opened, f"served without credentials: {opened}"
+    wrong = {k: v for k, v in mine.items() if v != expected(tier, k)}
+    assert not wrong, f"from the {tier} host, expected {expected(tier, next(iter(mine)))}: {wrong}"
 
 
 # ---------------------------------------------------------------------------------------------

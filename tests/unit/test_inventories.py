@@ -166,6 +166,15 @@ BAD = {
         "The secrets directory '' (clusterkit_secrets_dir, or mongodb_secrets_dir for MongoDB) "
         "cannot hold the generated passwords",
     ),
+    "firewall-unknown-group": (
+        with_vars(redis_firewall_sources=["app_master", "app_wrokers"]),
+        "redis_firewall_sources on data1.example.internal must be a list of inventory groups, "
+        "addresses or networks, or `any`; not understood: ['app_wrokers']",
+    ),
+    "firewall-sources-not-a-list": (
+        with_vars(firewall_management_sources="10.0.0.5"),
+        "firewall_management_sources on lb1.example.internal must be a list",
+    ),
     "secrets-dir-is-a-file": (
         with_vars(clusterkit_secrets_dir="{{ inventory_dir }}/hosts.yml"),
         "/hosts.yml' (clusterkit_secrets_dir, or mongodb_secrets_dir for MongoDB) cannot hold",

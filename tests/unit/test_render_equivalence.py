@@ -23,6 +23,19 @@ from pyinfra_deploy.templating import TEMPLATES, Layers, environment, render
 from pyinfra_deploy.variables import ROOT, World
 
 DROPIN = {"Service": {"PrivateUsers": False, "ExecStart": ["", "/usr/bin/x --y"], "Restart": 5}}
+RULES = [
+    {"name": "a", "proto": "tcp", "ports": [6379], "any": False, "v4": ["10.0.0.1"], "v6": []},
+    {"name": "b", "proto": "udp", "ports": [1, 2], "any": True, "v4": [], "v6": []},
+    {
+        "name": "c",
+        "proto": "tcp",
+        "ports": [],
+        "any": False,
+        "v4": ["10.0.0.0/8"],
+        "v6": ["fd00::1"],
+    },
+    {"name": "d", "proto": "tcp", "ports": [9], "any": False, "v4": [], "v6": []},
+]
 # (template, host, task variables): every template at least once, some with more than one
 # set of values (branches of the template).
 CASES: list[tuple[str, str, dict[str, Any]]] = [
@@ -73,6 +86,13 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
             "haproxy_extra_backend": "a\nb",
             "haproxy_stats_password_hash": "",
         },
+    ),
+    ("firewall/nftables.conf.j2", "data1", {}),
+    ("firewall/nftables.conf.j2", "data1", {"firewall_log_dropped": True}),
+    (
+        "firewall/rules.nft.j2",
+        "data1",
+        {"firewall_rules_name": "x", "firewall_rules_resolved": RULES},
     ),
     ("lab/Dockerfile.base.j2", "lb1", {}),
     ("lab/Dockerfile.j2", "lb1", {}),
