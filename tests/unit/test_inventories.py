@@ -193,3 +193,34 @@ def test_preflight_refuses_bad_inventories(tmp_path: Path, inventory: dict, expe
     # Nothing past the preflight ran: no lab, no host play.
     assert "PLAY [Lab" not in output
     assert "PLAY [Data" not in output
+
+
+@pytest.mark.parametrize(
+    ("group", "host", "variable", "app_variable"),
+    [
+        ("redis", "data1.example.internal", "redis_password", "app_redis_password"),
+        ("mongodb", "data1.example.internal", "mongodb_app_password", "app_mongodb_password"),
+        ("etcd", "data1.example.internal", "etcd_app_password", "app_etcd_password"),
+    ],
+)
+def test_app_uses_the_password_the_inventory_gives_the_data_tier(
+    tmp_path: Path, group: str, host: str, variable: str, app_variable: str
+) -> None:
+    path = tmp_path / "hosts.yml"
+    path.write_text(yaml.safe_dump(with_host_vars(host, group, **{variable: "from-inventory"})))
+    secrets = tmp_path / "secrets"
+
+    def app_value(inventory: Path) -> str:
+        result = run(
+            "ansible", "-i", str(inventory), "app2.example.internal", "-m", "ansible.builtin.debug",
+            "-a", f"var={app_variable}", "-e", "@roles/app/defaults/main.yml",
+            "-e", f"clusterkit_secrets_dir={secrets}",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    assert f'"{app_variable}": "from-inventory"' in app_value(path)
+    # Without it in the inventory, the app reads the file the data role generates.
+    path.write_text(yaml.safe_dump(example()))
+    generated = (secrets / variable).read_text().split(" salt=")[0].strip()
+    assert f'"{app_variable}": "{generated}"' in app_value(path)
