@@ -110,9 +110,19 @@ def on(host: str, command: str, timeout: float = 60, check: bool = True) -> str:
 
 
 def fault(host: str, command: str) -> float:
-    """Run a fault on host and return the wall-clock time it happened (the host's clock: lab
-    containers share the controller's kernel, so it is directly comparable to time.time())."""
-    return float(on(host, f"{command} && date +%s.%N").splitlines()[-1])
+    """Run a fault on host; returns the wall-clock time the command started there (the host's
+    clock: lab containers share the controller's kernel, so it compares with time.time())."""
+    return float(on(host, f"date +%s.%N && {command}").splitlines()[0])
+
+
+def wait_stopped(host: str, unit: str, timeout: float = 60) -> float:
+    """Until unit is no longer active on host (a `systemctl stop --no-block` finished)."""
+    return wait_until(
+        f"{unit} stopped on {host}",
+        lambda: on(host, f"systemctl is-active {unit}", check=False) in ("inactive", "failed"),
+        timeout,
+        0.5,
+    )
 
 
 def running(host: str) -> bool:
