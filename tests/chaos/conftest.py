@@ -486,29 +486,36 @@ class JobBatch:
                 c.close()
 
     @contextmanager
-    def trickle(self, urls: list[str], per_second: float) -> Iterator[None]:
-        """Submit jobs at about `per_second` in a thread while the block runs."""
+    def trickle(self, urls: list[str], submitters: int = 4) -> Iterator[None]:
+        """While the block runs, `submitters` threads submit jobs back to back (closed loop)."""
         stop = threading.Event()
         errors: list[BaseException] = []
+        numbers = iter(range(10**6))
+        lock = threading.Lock()
 
         def run() -> None:
-            n = 0
             while not stop.is_set():
+                with lock:
+                    n = next(numbers)
                 try:
                     self.submit(n, 1, urls, threads=1)
                 except BaseException as exc:  # noqa: BLE001 - reported after the block
                     errors.append(exc)
                     return
-                n += 1
-                stop.wait(1 / per_second)
+                stop.wait(0.05)
 
-        thread = threading.Thread(target=run, name=f"jobs-{self.tag}", daemon=True)
-        thread.start()
+        threads = [
+            threading.Thread(target=run, name=f"jobs-{self.tag}-{i}", daemon=True)
+            for i in range(submitters)
+        ]
+        for thread in threads:
+            thread.start()
         try:
             yield
         finally:
             stop.set()
-            thread.join(120)
+            for thread in threads:
+                thread.join(120)
         assert not errors, f"submitting jobs failed: {errors[0]}"
 
     def settle(
