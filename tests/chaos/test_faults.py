@@ -2,7 +2,7 @@
 front end for a bounded time, injects one fault while it runs, and asserts what users and jobs
 saw. Every scenario starts on a healthy lab and leaves it healthy (tests/chaos/conftest.py).
 
-    python -m pytest tests/chaos -q        # ~6 min on the 2-vCPU reference machine
+    python -m pytest tests/chaos -q        # ~4 min on the 2-vCPU reference machine
 
 Figures of every scenario go to results/chaos.json and results/chaos.md.
 """
