@@ -568,9 +568,9 @@ def problems() -> list[str]:
         states = on(h, f"systemctl is-active {' '.join(want)}", check=False).split()
         found += [f"{h}: {u} {s}" for u, s in zip(want, states, strict=False) if s != "active"]
     try:
-        states = server_states()
-        found += [f"HAProxy: {n} {s}" for n, s in states.items() if s != "UP"]
-        found += [f"HAProxy: no server {n}" for n in SERVER_NAMES if n not in states]
+        servers = server_states()
+        found += [f"HAProxy: {n} {s}" for n, s in servers.items() if s != "UP"]
+        found += [f"HAProxy: no server {n}" for n in SERVER_NAMES if n not in servers]
     except Exception as exc:  # noqa: BLE001
         found.append(f"HAProxy stats unreachable: {exc}")
     members = mongo_member_state()
