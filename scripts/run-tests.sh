@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite (`make test`): lint, unit and render tests, deploy the lab with
-# `ansible-playbook site.yml`, prove a second run changes nothing, test the deployed lab,
+# `ansible-playbook site.yml`, prove a second run changes nothing, test the deployed lab and
+# its behaviour under faults (tests/chaos),
 # then every Molecule scenario, then a fresh lab deployed with the pyinfra engine (deploy and
 # a rerun that changes nothing). Each stage's log goes to logs/; a summary closes the run.
 set -uo pipefail
@@ -35,6 +36,7 @@ if [ "${failures[*]:-}" != "${failures[*]/deploy/}" ]; then
 else
   stage idempotence bash scripts/check-idempotence.sh
   stage lab python -m pytest tests/lab -q
+  stage chaos python -m pytest tests/chaos -q
 fi
 for scenario in molecule/*/molecule.yml; do
   name=$(basename "$(dirname "$scenario")")

@@ -103,3 +103,19 @@ async def test_request_documents_use_the_configured_write_concern(
     finally:
         await d.client.drop_database("t_request_wc")
         await d.close()
+
+
+async def test_a_connection_closed_by_redis_is_replaced_not_failed(
+    jobs: JobQueue, redis_server: RedisServer
+) -> None:
+    """What a Redis restart does to the pool: the server closes every connection. The next
+    commands on them reconnect and succeed instead of failing one request per connection."""
+    await jobs.touch_session("s-restart")
+    own = await jobs.redis.client_id()
+    admin = make_redis("127.0.0.1", redis_server.port, redis_server.password, 0)
+    try:
+        assert await admin.client_kill_filter(_id=own) == 1
+    finally:
+        await admin.aclose()
+    assert await jobs.touch_session("s-restart") == 2
+    assert await jobs.submit("after-restart", "{}") is True

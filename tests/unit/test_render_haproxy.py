@@ -109,8 +109,25 @@ def test_backend_lists_every_worker_with_checks_and_limit() -> None:
         "downinter": "2s",
         "fall": "2",
         "rise": "2",
+        "observe": "layer4",
+        "error-limit": "1",
+        "on-error": "mark-down",
         "maxconn": "1",
     }
+
+
+def test_a_worker_refusing_connections_is_taken_out_by_the_traffic_itself() -> None:
+    """Between a worker's death and its failed checks, leastconn would pick the dead worker
+    (no connections) for every request the busy live workers cannot take, and each such request
+    would fail all its retries there; observing layer 4 marks it DOWN on the first refusal."""
+    (default_server,) = directives(sections(render())["backend app_workers"], "default-server")
+    text = " ".join(default_server)
+    assert "observe layer4 error-limit 1 on-error mark-down" in text
+    (off,) = directives(
+        sections(render(haproxy_observe=""))["backend app_workers"], "default-server"
+    )
+    assert "observe" not in off
+    assert "on-error" not in off
 
 
 def test_dead_worker_is_detected_within_about_three_seconds() -> None:

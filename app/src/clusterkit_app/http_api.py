@@ -150,12 +150,19 @@ def build_app(ctx: WorkerContext) -> Starlette:
             await asyncio.wait_for(ctx.docs.ping(), 2.0)
         except (PyMongoError, OSError, TimeoutError) as exc:
             problems.append(f"mongodb: {exc or type(exc).__name__}")
-        if not ctx.master_connected:
-            problems.append("master: job stream not connected")
+        # The job stream is reported, not required: requests and job submits need only Redis
+        # and MongoDB, so a worker keeps serving (and stays in the load balancer) while the
+        # master restarts or fails over; its queued jobs wait in Redis meanwhile.
+        master = "connected" if ctx.master_connected else "disconnected"
         if problems:
-            body = {"status": "unavailable", "worker_id": ctx.worker_id, "reasons": problems}
+            body = {
+                "status": "unavailable",
+                "worker_id": ctx.worker_id,
+                "master": master,
+                "reasons": problems,
+            }
             return JSONResponse(body, 503)
-        return JSONResponse({"status": "ok", "worker_id": ctx.worker_id})
+        return JSONResponse({"status": "ok", "worker_id": ctx.worker_id, "master": master})
 
     async def post_request(request: Request) -> Response:
         arrived = time.monotonic()

@@ -35,7 +35,7 @@ OPENAPI: dict[str, Any] = {
     "paths": {
         "/healthz": {
             "get": {
-                "summary": "Readiness: Redis, MongoDB and the master's job stream usable",
+                "summary": "Readiness: Redis and MongoDB usable (the job stream is reported only)",
                 "responses": {
                     "200": _json({"type": "object"}, "Ready"),
                     "503": _json({"type": "object"}, "Not ready, or draining"),

@@ -22,6 +22,9 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 from pymongo.write_concern import WriteConcern
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 QUEUE = "jobs:queue"
 INFLIGHT = "jobs:inflight"
@@ -108,9 +111,21 @@ class ClaimedJob:
     attempt: int
 
 
+# A command whose connection broke (Redis restarted, or closed an idle connection) is sent again
+# on a new connection, after 50 ms, 100 ms, ... at most 1 s: about 3 s in all, which covers a
+# Redis restart. Without it every pooled connection of the old Redis failed one request, some
+# of them long after the restart. Timeouts are not retried (the command may have run).
+REDIS_RETRIES = 6
+
+
 def make_redis(host: str, port: int, password: str | None, db: int) -> aioredis.Redis:
     # a blocking pool: under a burst, callers wait for a connection instead of failing
     pool = aioredis.BlockingConnectionPool(
+        retry=Retry(
+            ExponentialWithJitterBackoff(base=0.05, cap=1.0),
+            REDIS_RETRIES,
+            supported_errors=(RedisConnectionError,),
+        ),
         host=host,
         port=port,
         password=password,
