@@ -354,6 +354,30 @@ def mongo_member_state() -> dict[str, str]:
     return {}
 
 
+def mongo_self_state(host: str) -> str | None:
+    """The member's state as the member itself reports it (None while it does not answer).
+    Another member's view can be a heartbeat old: right after a restart it may still show
+    the state from before the stop."""
+    hosts = group_hosts("mongodb")
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        mongo_uri(
+            setting(hosts[0], "mongodb_admin_user"),
+            secret("mongodb_admin_password"),
+            "admin",
+            direct_to=address(host),
+        ),
+        serverSelectionTimeoutMS=1500,
+        connectTimeoutMS=1500,
+    )
+    try:
+        status = client.admin.command("replSetGetStatus")
+    except pymongo.errors.PyMongoError:
+        return None
+    finally:
+        client.close()
+    return next((m["stateStr"] for m in status["members"] if m.get("self")), None)
+
+
 @pytest.fixture(scope="session")
 def mongo() -> Iterator[pymongo.database.Database[dict[str, Any]]]:
     host = group_hosts("mongodb")[0]
