@@ -204,7 +204,7 @@ def firewall(v: Vars) -> None:
     dropin(
         v,
         "nftables.service",
-        {"Service": {"ExecStop": ["", "-/usr/sbin/nft delete table inet clusterkit"]}},
+        v["firewall__unit_dropin"],
         name="clusterkit",
         container_only=False,
     )
@@ -218,14 +218,7 @@ def firewall(v: Vars) -> None:
     conf = template(
         v, "firewall/nftables.conf.j2", "/etc/nftables.conf", mode="0755", validate="nft -c -f %s"
     )
-    firewall_rules(
-        v,
-        "00-base",
-        [
-            {"name": "ssh", "ports": [v["firewall_ssh_port"]], "from": v["firewall_ssh_sources"]},
-            {"name": "management", "from": v["firewall_management_sources"]},
-        ],
-    )
+    firewall_rules(v, "00-base", list(v["firewall__base_rules"]))
     started = service("nftables.service")
     shell(
         "Load the new firewall rules",
