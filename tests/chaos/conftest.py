@@ -34,8 +34,10 @@ import httpx
 import pymongo
 import pytest
 import redis
+import redis.sentinel
 from clusterkit_app.store import job_key
 
+from tests.chaos import ha
 from tests.conftest import (
     INVENTORY,
     ROOT,
@@ -78,6 +80,12 @@ def units(host: str) -> list[str]:
     out = [u for group, names in GROUP_UNITS.items() if host in group_hosts(group) for u in names]
     if host in WORKER_HOSTS:
         out += [f"clusterkit-worker@{p}.service" for p in worker_ports(host)]
+    # Two or more LBs share a floating address (keepalived); two or more Redis members are
+    # watched by Sentinel on the same hosts (roles/keepalived, roles/redis).
+    if host in ha.LB_HOSTS and ha.vip() is not None:
+        out.append("keepalived.service")
+    if host in ha.REDIS_HOSTS and ha.with_sentinels():
+        out.append("redis-sentinel.service")
     return out
 
 
@@ -394,16 +402,28 @@ def mongo() -> Iterator[pymongo.database.Database[dict[str, Any]]]:
 
 
 def redis_client() -> redis.Redis:
+    """A client of the Redis primary: through Sentinel (it follows a failover) when the
+    inventory has Sentinels, else of the one Redis."""
     host = group_hosts("redis")[0]
-    return redis.Redis(
-        host=address(host),
-        port=int(setting(host, "redis_port")),
-        password=secret("redis_password"),
-        db=int(setting(host, "app_redis_db")),
-        socket_timeout=5,
-        socket_connect_timeout=3,
-        decode_responses=True,
-    )
+    options: dict[str, Any] = {
+        "password": secret("redis_password"),
+        "db": int(setting(host, "app_redis_db")),
+        "socket_timeout": 5,
+        "socket_connect_timeout": 3,
+        "decode_responses": True,
+    }
+    if ha.with_sentinels():
+        sentinels = redis.sentinel.Sentinel(
+            [(address(h), ha.sentinel_port()) for h in ha.REDIS_HOSTS],
+            sentinel_kwargs={
+                "password": secret("redis_sentinel_password"),
+                "socket_timeout": 2,
+                "socket_connect_timeout": 1.5,
+            },
+            **options,
+        )
+        return sentinels.master_for(ha.sentinel_master_name(), **options)
+    return redis.Redis(host=address(host), port=int(setting(host, "redis_port")), **options)
 
 
 @pytest.fixture(scope="session")
@@ -616,6 +636,10 @@ def problems() -> list[str]:
             r.ping()
     except redis.RedisError as exc:
         found.append(f"Redis: {exc!r}")
+    found += ha.redis_problems()
+    holders = ha.vip_holders(on, running)
+    if ha.vip() is not None and len(holders) != 1:
+        found.append(f"floating address {ha.vip()} held by {holders or 'no LB'}")
     found += [f"not healthy: {u}" for u in MASTER_HEALTH if not http_ok(u)]
     found += [f"not healthy: {u}/healthz" for u in WORKER_URLS if not http_ok(f"{u}/healthz")]
     return found
@@ -628,6 +652,9 @@ def restore(timeout: float = RESTORE_TIMEOUT_S) -> float:
     for h in all_hosts():
         if h in group_hosts("lab") and not running(h):
             subprocess.run(["docker", "start", container(h)], check=True, capture_output=True)
+    for h in ha.DATA_HOSTS:  # a partition a failed scenario left behind
+        if h in group_hosts("lab") and running(h):
+            on(h, ha.HEAL_COMMAND, check=False)
     remaining: list[str] = []
     while time.monotonic() - started < timeout:
         remaining = problems()
@@ -690,6 +717,9 @@ def write_results(figures: dict[str, dict[str, Any]], duration_s: float) -> None
         ("down_s", "DOWN s"),
         ("up_s", "UP again s"),
         ("takeover_s", "takeover s"),
+        ("failover_s", "failover s"),
+        ("requests_acknowledged", "requests acknowledged"),
+        ("requests_lost", "acknowledged lost"),
         ("election_error_burst", "election error burst"),
         ("jobs_submitted", "jobs submitted"),
         ("jobs_applied", "applied"),
