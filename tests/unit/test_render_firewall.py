@@ -129,3 +129,10 @@ def test_the_lab_lets_the_controller_in(world: World) -> None:
     assert rule_lines(render("firewall/rules.nft.j2", scoped)) == [
         'ip saddr { 10.77.0.1 } accept comment "management"'
     ]
+
+
+def test_vrrp_is_open_between_the_load_balancers_only(world: World) -> None:
+    # keepalived's adverts are IP protocol 112 (no ports): from the other LB hosts only.
+    assert rule_lines(rules_file(world, "lb1", "keepalived")) == [
+        'ip saddr { 10.77.0.10, 10.77.0.11 } meta l4proto vrrp accept comment "keepalived vrrp"'
+    ]
