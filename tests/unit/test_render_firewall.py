@@ -67,7 +67,7 @@ def test_etcd_peers_are_members_only(world: World) -> None:
 def test_app_workers_open_to_the_lb_and_the_master_to_the_workers(world: World) -> None:
     master_host = rule_lines(rules_file(world, "app1", "app"))
     assert master_host == [
-        'ip saddr { 10.77.0.10 } tcp dport { 8180, 8181 } accept comment "app workers"',
+        'ip saddr { 10.77.0.10, 10.77.0.11 } tcp dport { 8180, 8181 } accept comment "app workers"',
         'ip saddr { 10.77.0.21, 10.77.0.22 } tcp dport 7001 accept comment "app master gRPC"',
     ]
     # A host without the master opens no gRPC port.
@@ -80,7 +80,7 @@ def test_front_end_public_ports_are_open_and_stats_closed(world: World) -> None:
     ]
     haproxy = rules_file(world, "lb1", "haproxy")
     assert rule_lines(haproxy) == [
-        'ip saddr { 10.77.0.10 } tcp dport 8000 accept comment "haproxy api"'
+        'ip saddr { 10.77.0.10, 10.77.0.11 } tcp dport 8000 accept comment "haproxy api"'
     ]
     assert "# haproxy stats: no source in the inventory, nothing allowed" in haproxy
 
@@ -94,7 +94,7 @@ def test_sources_of_every_kind(world: World) -> None:
     ]
     text = rules_file(world, "lb1", "custom", rules)
     assert rule_lines(text) == [
-        'ip saddr { 10.77.0.10, 192.0.2.0/24 } tcp dport 5 accept comment "mixed"',
+        'ip saddr { 10.77.0.10, 10.77.0.11, 192.0.2.0/24 } tcp dport 5 accept comment "mixed"',
         'ip6 saddr { fd00::7 } tcp dport 5 accept comment "mixed"',
         'udp dport 53 accept comment "udp any"',
         'ip saddr { 10.1.2.3 } accept comment "every port"',
