@@ -73,9 +73,11 @@ def keepalived(v: Vars) -> None:
     )
     ensure(
         name="Reload keepalived for its new config",
-        check=lambda: changed(conf, script)()
-        and not done_and_changed(start)
-        and not done_and_changed(options),
+        check=lambda: (
+            changed(conf, script)()
+            and not done_and_changed(start)
+            and not done_and_changed(options)
+        ),
         apply=lambda: iter(["systemctl reload keepalived.service"]),
     )
     url = v["keepalived_wait_url"]

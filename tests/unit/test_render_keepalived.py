@@ -54,7 +54,10 @@ def test_every_host_starts_as_backup_without_preemption(world: World) -> None:
 
 
 def test_vrrp_goes_unicast_to_the_other_load_balancer(world: World) -> None:
-    for host, src, peer in (("lb1", "10.77.0.10", "10.77.0.11"), ("lb2", "10.77.0.11", "10.77.0.10")):
+    for host, src, peer in (
+        ("lb1", "10.77.0.10", "10.77.0.11"),
+        ("lb2", "10.77.0.11", "10.77.0.10"),
+    ):
         text = conf(world, host)
         assert f"unicast_src_ip {src}" in block(text, "vrrp_instance clusterkit_vip")
         assert block(text, "unicast_peer") == [peer]
