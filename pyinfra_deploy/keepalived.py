@@ -19,7 +19,7 @@ from pyinfra_deploy.roles import (
     q,
     service,
     template,
-    wait_for,
+    wait_for_page,
 )
 from pyinfra_deploy.variables import HostVars
 
@@ -80,18 +80,12 @@ def keepalived(v: Vars) -> None:
         ),
         apply=lambda: iter(["systemctl reload keepalived.service"]),
     )
-    url = v["keepalived_wait_url"]
-    if url:
-        page = (
-            f"code=$(curl -s -o /dev/null --max-time 2 -w '%{{http_code}}' {q(url)}); "
-            '[ "$code" = 200 ] || [ "$code" = 301 ]'
-        )
-        ensure(
-            name="Wait until the virtual address serves the front end",
-            check=lambda: not run(page)[0],
-            apply=lambda: iter(
-                [wait_for(f"{{ {page}; }}", int(v["keepalived_start_timeout"]), "the VIP")]
-            ),
+    if v["keepalived_wait_url"]:
+        wait_for_page(
+            "Wait until the virtual address serves the front end",
+            v["keepalived_wait_url"],
+            int(v["keepalived_start_timeout"]),
+            "the virtual address",
         )
     files.directory(
         name="Keep /etc/keepalived root's",

@@ -7,22 +7,18 @@ tests/lab/test_firewall.py checks what they let through with real connections.
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import pytest
 
 from pyinfra_deploy.templating import render
-from pyinfra_deploy.variables import ROOT, HostVars, World
+from pyinfra_deploy.variables import HostVars, World
+from tests.unit._render import lab_world
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    inventory = tmp_path_factory.mktemp("firewall") / "inventory"
-    shutil.copytree(
-        ROOT / "inventory" / "lab", inventory, ignore=shutil.ignore_patterns(".secrets")
-    )
-    return World(inventory)
+    return lab_world(tmp_path_factory, "firewall")
 
 
 def rules_file(world: World, host: str, role: str, rules: Any = None) -> str:

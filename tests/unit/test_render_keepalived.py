@@ -14,16 +14,13 @@ from pathlib import Path
 import pytest
 
 from pyinfra_deploy.templating import render
-from pyinfra_deploy.variables import ROOT, HostVars, World
+from pyinfra_deploy.variables import HostVars, World
+from tests.unit._render import lab_world
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    inventory = tmp_path_factory.mktemp("keepalived") / "inventory"
-    shutil.copytree(
-        ROOT / "inventory" / "lab", inventory, ignore=shutil.ignore_patterns(".secrets")
-    )
-    return World(inventory)
+    return lab_world(tmp_path_factory, "keepalived")
 
 
 def conf(world: World, host: str, **overrides: object) -> str:
