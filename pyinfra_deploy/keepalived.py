@@ -9,7 +9,7 @@ from __future__ import annotations
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from pyinfra_deploy.ops import ensure, run
+from pyinfra_deploy.ops import ensure, installed_file, run
 from pyinfra_deploy.roles import (
     Vars,
     apt,
@@ -21,7 +21,7 @@ from pyinfra_deploy.roles import (
     template,
     wait_for_page,
 )
-from pyinfra_deploy.variables import HostVars
+from pyinfra_deploy.variables import ROOT, HostVars
 
 
 def interface(v: Vars) -> str:
@@ -48,6 +48,13 @@ def keepalived(v: Vars) -> None:
             [f"useradd --system --shell /usr/sbin/nologin --home-dir /nonexistent -M {q(user)}"]
         ),
     )
+    validator = "/usr/local/sbin/clusterkit-keepalived-validate"
+    installed_file(
+        name=f"Install {validator}",
+        dest=validator,
+        src=ROOT / "roles/keepalived/files/clusterkit-keepalived-validate",
+        mode="0755",
+    )
     scoped = HostVars(v.world, v.name, {"keepalived__interface": interface(v)})
     options = template(scoped, "keepalived/keepalived.default.j2", "/etc/default/keepalived")
     script = template(
@@ -62,7 +69,7 @@ def keepalived(v: Vars) -> None:
         "keepalived/keepalived.conf.j2",
         "/etc/keepalived/keepalived.conf",
         mode="0600",
-        validate="keepalived -t -f %s",
+        validate=f"{validator} %s",
     )
     firewall_rules(v, "keepalived", list(v["keepalived_firewall_rules"]))
     start = service("keepalived.service")

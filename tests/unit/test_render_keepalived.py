@@ -1,7 +1,8 @@
 """keepalived's templates, rendered with the lab inventory's variables as the deploy resolves
 them (role defaults, inventory, groups, the generated VRRP password): what each LB host's
 keepalived would read. When a `keepalived` binary is on the controller, the config also goes
-through `keepalived -t`, as the role's `validate:` step does (the lab and Molecule run it).
+through the role's validator (`keepalived -t`), as its `validate:` step does (the lab and
+Molecule run it).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pyinfra_deploy.templating import render
-from pyinfra_deploy.variables import HostVars, World
+from pyinfra_deploy.variables import ROOT, HostVars, World
 from tests.unit._render import lab_world
 
 
@@ -121,9 +122,39 @@ def test_vrrp_only_mode(world: World) -> None:
     assert 'DAEMON_ARGS="--vrrp"' in text.splitlines()
 
 
-@pytest.mark.skipif(shutil.which("keepalived") is None, reason="no keepalived on the controller")
+VALIDATE = ROOT / "roles" / "keepalived" / "files" / "clusterkit-keepalived-validate"
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "passes"),
+    [
+        ("exit 0", True),
+        # Debian 12's keepalived 2.2.7 ends every config test with script_user by SIGTERM to
+        # its own process group: silent means no error was found.
+        ("kill -TERM 0", True),
+        ("echo '(Line 29) number 9999 outside range' >&2; kill -TERM 0", False),
+        ("echo '(Line 3) Unknown keyword' >&2; exit 4", False),
+        ("exit 3", False),
+    ],
+)
+def test_the_validator_reads_keepalived_config_test(
+    tmp_path: Path, behaviour: str, passes: bool
+) -> None:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "keepalived").write_text(f"#!/bin/sh\n{behaviour}\n")
+    (fake / "keepalived").chmod(0o755)
+    env = {"PATH": f"{fake}:/usr/bin:/bin"}
+    result = subprocess.run([str(VALIDATE), "/dev/null"], env=env, capture_output=True, text=True)
+    assert (result.returncode == 0) is passes, result.stderr
+
+
+@pytest.mark.skipif(
+    shutil.which("keepalived") is None or subprocess.run(["id", "keepalived_script"]).returncode,
+    reason="no keepalived (and its script user) on the controller",
+)
 def test_keepalived_accepts_the_config(world: World, tmp_path: Path) -> None:
     path = tmp_path / "keepalived.conf"
     path.write_text(conf(world, "lb1"))
-    result = subprocess.run(["keepalived", "-t", "-f", str(path)], capture_output=True, text=True)
+    result = subprocess.run([str(VALIDATE), str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -43,7 +43,8 @@ def test_keepalived_runs_with_a_private_config() -> None:
         assert conf.mode == 0o600
         assert "auth_type PASS" in conf.content_string
         assert "nopreempt" in conf.content_string
-        assert host.run("keepalived -t -f /etc/keepalived/keepalived.conf").rc == 0
+        validate = "/usr/local/sbin/clusterkit-keepalived-validate"
+        assert host.run(f"{validate} /etc/keepalived/keepalived.conf").rc == 0
         assert host.user("keepalived_script").exists
 
 
