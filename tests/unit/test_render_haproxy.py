@@ -251,12 +251,12 @@ def test_haproxy_accepts_the_rendered_file(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_stats_answer_on_the_virtual_address_with_freebind() -> None:
-    # The VIP is held by one LB at a time: `freebind` lets both bind it (and pass haproxy -c).
+def test_stats_answer_on_the_virtual_address_with_transparent() -> None:
+    # The VIP is held by one LB at a time: `transparent` (a non-local bind) lets both bind it.
     stats = sections(render(haproxy_stats_virtual_addresses=["10.77.0.100"]))["frontend stats"]
     binds = [line for line in stats if line[0] == "bind"]
     assert binds == [
         ["bind", "10.77.0.10:8404"],
         ["bind", "127.0.0.1:8404"],
-        ["bind", "10.77.0.100:8404", "freebind"],
+        ["bind", "10.77.0.100:8404", "transparent"],
     ]
