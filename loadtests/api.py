@@ -70,7 +70,8 @@ def add_arguments(parser) -> None:
 class ApiUser(FastHttpUser):
     """A client that posts requests back to back (closed loop)."""
 
-    host = "http://127.0.0.1:8080"
+    # LOCUST_HOST / --host, else the LBs' virtual address, else the published front end.
+    host = _lab.front_end_url()
     wait_time = constant(0)
 
     def on_start(self) -> None:

@@ -1,5 +1,5 @@
 """The clusterkit deploy for pyinfra: the roles of site.yml (common, firewall, redis, mongodb, etcd,
-app, haproxy, nginx, loadgen) on the hosts of the Ansible inventory, rendering the same
+app, haproxy, nginx, keepalived, loadgen) on the hosts of the Ansible inventory, rendering the same
 templates with the same variables and secrets.
 
     pyinfra -y pyinfra_deploy/inventory.py pyinfra_deploy/deploy.py
@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pyinfra import host  # noqa: E402
 
 from pyinfra_deploy import roles  # noqa: E402
+from pyinfra_deploy.keepalived import keepalived  # noqa: E402
 from pyinfra_deploy.variables import world  # noqa: E402
 
 v = world()[host.data.inventory_hostname]
@@ -42,5 +43,9 @@ if "lb" in groups:
     roles.haproxy(v)
     roles.nginx(v)
 roles.barrier("front ends")
+# One virtual address for two or more load balancers (none for a single one).
+if "lb" in groups and len(v["groups"]["lb"]) > 1:
+    keepalived(v)
+roles.barrier("keepalived")
 if "loadgen" in groups:
     roles.loadgen(v)

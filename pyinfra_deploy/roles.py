@@ -1077,14 +1077,20 @@ def nginx(v: Vars) -> None:
         apply=lambda: iter(["systemctl reload nginx.service"]),
     )
     url = f"http://{v['nginx_check_address']}:{int(v['nginx_http_port'])}/"
+    wait_for_page("Wait until nginx serves the status page", url, 30, "nginx")
+
+
+def wait_for_page(name: str, url: str, seconds: int, what: str) -> OperationMeta:
+    """Wait (at most `seconds`) until `url` answers 200 or 301 on the host; no change when
+    it already does."""
     page = (
-        f"code=$(curl -s -o /dev/null -w '%{{http_code}}' {q(url)}); "
+        f"code=$(curl -s -o /dev/null --max-time 2 -w '%{{http_code}}' {q(url)}); "
         '[ "$code" = 200 ] || [ "$code" = 301 ]'
     )
-    ensure(
-        name="Wait until nginx serves the status page",
+    return ensure(
+        name=name,
         check=lambda: not run(page)[0],
-        apply=lambda: iter([wait_for(f"{{ {page}; }}", 30, "nginx")]),
+        apply=lambda: iter([wait_for(f"{{ {page}; }}", seconds, what)]),
     )
 
 

@@ -22,7 +22,18 @@ import yaml
 from jinja2.nativetypes import NativeEnvironment
 
 ROOT = Path(__file__).resolve().parent.parent
-ROLES = ("common", "firewall", "redis", "mongodb", "etcd", "app", "haproxy", "nginx", "loadgen")
+ROLES = (
+    "common",
+    "firewall",
+    "redis",
+    "mongodb",
+    "etcd",
+    "app",
+    "haproxy",
+    "nginx",
+    "keepalived",
+    "loadgen",
+)
 TEMPLATE_MARKERS = ("{{", "{%", "{#")
 
 

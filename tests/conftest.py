@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -12,6 +13,21 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "loadtests"))
+
+# Where clients reach the deployed front end and HAProxy's stats (LOCUST_HOST and
+# CLUSTERKIT_STATS_URL win; then the LBs' virtual address when its lab network exists here;
+# then the first LB's published 127.0.0.1 ports), as the load tests do.
+from _lab import front_end_url, stats_url, virtual_address  # noqa: E402
+
+__all__ = ["front_end_url", "stats_url", "virtual_address"]
+
+
+def stats_base_url() -> str:
+    """HAProxy's stats frontend (stats_url() without its /stats;csv path)."""
+    return stats_url().removesuffix("/stats;csv").rstrip("/")
+
+
 INVENTORY = Path(os.environ.get("CLUSTERKIT_INVENTORY", ROOT / "inventory" / "lab"))
 
 

@@ -1,10 +1,11 @@
 """Day-2 operations under constant load: the rolling update and the scale playbooks finish
-with 0 failed requests. Traffic goes only to the lab (127.0.0.1:8080), at a fixed rate
-well below the capacity left while one app host is drained, for at least 60 s and at most
-LOAD_LIMIT_S."""
+with 0 failed requests. Traffic goes only to the lab (its front end: the LBs' virtual address,
+else 127.0.0.1:8080), at a fixed rate well below the capacity left while one app host is
+drained, for at least 60 s and at most LOAD_LIMIT_S. Each worker is drained on every LB."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import threading
@@ -15,10 +16,20 @@ import pytest
 import requests
 import testinfra
 
-from tests.conftest import ROOT, group_hosts, inventory, secret
+from tests.conftest import (
+    INVENTORY,
+    ROOT,
+    address,
+    front_end_url,
+    group_hosts,
+    inventory,
+    secret,
+    stats_base_url,
+    virtual_address,
+)
 
-NGINX = "http://127.0.0.1:8080"
-STATS = "http://127.0.0.1:8404"
+NGINX = front_end_url()
+STATS = stats_base_url()
 BACKEND = "app_workers"
 MIN_LOAD_S = 60
 LOAD_LIMIT_S = 45 * 60
@@ -110,7 +121,7 @@ class Load:
 
 def playbook(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["ansible-playbook", *args],
+        ["ansible-playbook", "-i", str(INVENTORY), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -118,8 +129,8 @@ def playbook(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def stats() -> dict[str, str]:
-    r = requests.get(f"{STATS}/;csv", auth=("admin", secret("haproxy_stats_password")), timeout=10)
+def stats(base: str = STATS) -> dict[str, str]:
+    r = requests.get(f"{base}/;csv", auth=("admin", secret("haproxy_stats_password")), timeout=10)
     r.raise_for_status()
     rows = [line.split(",") for line in r.text.splitlines() if line and not line.startswith("#")]
     return {row[1]: row[17] for row in rows if row[0] == BACKEND and row[1] != "BACKEND"}
@@ -144,6 +155,33 @@ def wait_all_up(names: set[str], timeout: float = 60) -> dict[str, str]:
         if current == {n: "UP" for n in names} or time.time() > deadline:
             return current
         time.sleep(1)
+
+
+class DrainWatch:
+    """Polls the stats of every LB's own HAProxy (its private address, port 8404) while a
+    day-2 playbook runs, and records per LB which servers it saw in state DRAIN."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, set[str]] = {lb: set() for lb in group_hosts("lb")}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.3):
+            for lb, drained in self.seen.items():
+                try:
+                    current = stats(f"http://{address(lb)}:8404")
+                except requests.RequestException:
+                    continue
+                drained.update(name for name, status in current.items() if status == "DRAIN")
+
+    def __enter__(self) -> DrainWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
 
 
 def worker_pids(host) -> dict[str, str]:
@@ -176,10 +214,17 @@ def lab_ready():
 def test_rolling_update_under_load_fails_no_request() -> None:
     hosts = app_hosts()
     before = [worker_pids(h) for h in hosts]
-    with Load() as load:
+    # The LBs' private addresses are reached only when the lab's network is on this machine
+    # (virtual_address() checks it); elsewhere the drain is not watched.
+    watch_lbs = virtual_address() is not None
+    with Load() as load, DrainWatch() if watch_lbs else contextlib.nullcontext() as watch:
         run = playbook("playbooks/rolling-update.yml")
         load.stop()
     print(f"rolling update: {load.summary()}")
+    if watch is not None:
+        # Each worker was drained on the HAProxy of every load balancer, not only on one.
+        print(f"drained, per LB: { {lb: sorted(s) for lb, s in watch.seen.items()} }")
+        assert watch.seen == {lb: expected() for lb in group_hosts("lb")}
     assert run.returncode == 0, report(load, run)
     assert load.failures == [], report(load, run)
     assert load.seconds >= MIN_LOAD_S

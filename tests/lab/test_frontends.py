@@ -1,6 +1,7 @@
-"""The front ends of the deployed lab: nginx on 127.0.0.1:8080 (and 8443), HAProxy behind it
-balancing over every worker of every app host, its stats on 127.0.0.1:8404, and configs that
-a bad value cannot break. Real HTTP from the controller plus Testinfra on each lb host."""
+"""The front ends of the deployed lab: nginx (on the LBs' virtual address, else 127.0.0.1:8080
+and 8443), HAProxy behind it balancing over every worker of every app host, its stats on port
+8404 there, and configs that a bad value cannot break. Real HTTP from the controller plus
+Testinfra on each lb host."""
 
 from __future__ import annotations
 
@@ -12,13 +13,22 @@ import time
 import pytest
 import requests
 
-from tests.conftest import ROOT, address, group_hosts, hostvar, inventory, secret
+from tests.conftest import (
+    ROOT,
+    address,
+    front_end_url,
+    group_hosts,
+    hostvar,
+    inventory,
+    secret,
+    stats_base_url,
+)
 
 testinfra_hosts = ["ansible://lb"]
 
-NGINX = "http://127.0.0.1:8080"
-NGINX_TLS = "https://127.0.0.1:8443"
-STATS = "http://127.0.0.1:8404"
+NGINX = front_end_url()
+NGINX_TLS = front_end_url("https")
+STATS = stats_base_url()
 BACKEND = "app_workers"
 
 

@@ -14,9 +14,9 @@ import pytest
 import requests
 import testinfra
 
-from tests.conftest import ROOT, group_hosts, secret, worker_ports
+from tests.conftest import ROOT, group_hosts, secret, stats_url, worker_ports
 
-STATS = "http://127.0.0.1:8404/stats;csv"
+STATS = stats_url()
 RUN_S = 30
 
 

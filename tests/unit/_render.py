@@ -32,3 +32,16 @@ def trusted(value: object) -> object:
     if isinstance(value, list):
         return [trusted(v) for v in value]
     return value
+
+
+def lab_world(tmp_path_factory, name: str):
+    """The pyinfra engine's variables of a copy of inventory/lab (secrets generated there)."""
+    import shutil
+
+    from pyinfra_deploy.variables import ROOT, World
+
+    inventory = tmp_path_factory.mktemp(name) / "inventory"
+    shutil.copytree(
+        ROOT / "inventory" / "lab", inventory, ignore=shutil.ignore_patterns(".secrets")
+    )
+    return World(inventory)

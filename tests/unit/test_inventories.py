@@ -105,6 +105,31 @@ def with_workers_of_an_unknown_node() -> dict:
     return with_host_vars("app2.example.internal", "app_workers", app_node_id="node2")
 
 
+def with_lb_vars(**values: object) -> dict:
+    inv = example()
+    inv["all"]["children"]["lb"]["vars"].update(values)
+    return inv
+
+
+def without_vip() -> dict:
+    inv = example()
+    del inv["all"]["children"]["lb"]["vars"]
+    return inv
+
+
+def with_one_lb_without_vip() -> dict:
+    inv = without_vip()
+    del inv["all"]["children"]["lb"]["hosts"]["lb2.example.internal"]
+    return inv
+
+
+def test_preflight_accepts_one_load_balancer_without_a_virtual_address(tmp_path: Path) -> None:
+    path = tmp_path / "hosts.yml"
+    path.write_text(yaml.safe_dump(with_one_lb_without_vip()))
+    result = run("ansible-playbook", "-i", str(path), "playbooks/preflight.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 BAD = {
     "no-redis": (without_group("redis"), "Inventory group 'redis' has no hosts"),
     "no-master": (without_group("app_master"), "Inventory group 'app_master' has no hosts"),
@@ -174,6 +199,42 @@ BAD = {
     "firewall-sources-not-a-list": (
         with_vars(firewall_management_sources="10.0.0.5"),
         "firewall_management_sources on lb1.example.internal must be a list",
+    ),
+    "two-lbs-without-vip": (
+        without_vip(),
+        "Group lb has 2 hosts (lb1.example.internal, lb2.example.internal) but "
+        "keepalived_virtual_ipaddress is not set for lb1.example.internal, lb2.example.internal",
+    ),
+    "vip-outside-subnet": (
+        with_lb_vars(keepalived_virtual_ipaddress="10.0.1.100"),
+        "keepalived_virtual_ipaddress 10.0.1.100 of lb1.example.internal is not a free IPv4 "
+        "address of the host's subnet 10.0.0.0/24 (clusterkit_address 10.0.0.10 with "
+        "keepalived_vip_prefix 24)",
+    ),
+    "vip-outside-narrow-prefix": (
+        with_lb_vars(keepalived_vip_prefix=28),
+        "keepalived_virtual_ipaddress 10.0.0.100 of lb1.example.internal is not a free IPv4 "
+        "address of the host's subnet 10.0.0.0/28",
+    ),
+    "vip-is-a-host-address": (
+        with_lb_vars(keepalived_virtual_ipaddress="10.0.0.21"),
+        "keepalived_virtual_ipaddress 10.0.0.21 of lb1.example.internal is not a free IPv4",
+    ),
+    "router-id-two-vips": (
+        with_host_vars("lb2.example.internal", "lb", keepalived_virtual_ipaddress="10.0.0.101"),
+        "Duplicate keepalived_virtual_router_id 51 on lb1.example.internal",
+    ),
+    "vip-two-router-ids": (
+        with_host_vars("lb2.example.internal", "lb", keepalived_virtual_router_id=52),
+        "hosts with address 10.0.0.100: lb1.example.internal, lb2.example.internal (ids 51, 52)",
+    ),
+    "router-id-reserved": (
+        with_lb_vars(keepalived_reserved_router_ids=[50, 51]),
+        "reserved by keepalived_reserved_router_ids: [50, 51]",
+    ),
+    "router-id-out-of-range": (
+        with_lb_vars(keepalived_virtual_router_id=300),
+        "Duplicate keepalived_virtual_router_id 300",
     ),
     "secrets-dir-is-a-file": (
         with_vars(clusterkit_secrets_dir="{{ inventory_dir }}/hosts.yml"),

@@ -35,6 +35,7 @@ RULES = [
         "v6": ["fd00::1"],
     },
     {"name": "d", "proto": "tcp", "ports": [9], "any": False, "v4": [], "v6": []},
+    {"name": "e", "proto": "vrrp", "ports": [], "any": False, "v4": ["10.0.0.2"], "v6": []},
 ]
 # (template, host, task variables): every template at least once, some with more than one
 # set of values (branches of the template).
@@ -94,6 +95,14 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
         "data1",
         {"firewall_rules_name": "x", "firewall_rules_resolved": RULES},
     ),
+    ("keepalived/check-frontend.sh.j2", "lb1", {}),
+    ("keepalived/keepalived.conf.j2", "lb1", {"keepalived__interface": "eth0"}),
+    (
+        "keepalived/keepalived.conf.j2",
+        "lb2",
+        {"keepalived__interface": "ens3", "keepalived_nopreempt": False},
+    ),
+    ("keepalived/keepalived.default.j2", "lb2", {}),
     ("lab/Dockerfile.base.j2", "lb1", {}),
     ("lab/Dockerfile.j2", "lb1", {}),
     (

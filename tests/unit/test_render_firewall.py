@@ -7,22 +7,18 @@ tests/lab/test_firewall.py checks what they let through with real connections.
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import pytest
 
 from pyinfra_deploy.templating import render
-from pyinfra_deploy.variables import ROOT, HostVars, World
+from pyinfra_deploy.variables import HostVars, World
+from tests.unit._render import lab_world
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    inventory = tmp_path_factory.mktemp("firewall") / "inventory"
-    shutil.copytree(
-        ROOT / "inventory" / "lab", inventory, ignore=shutil.ignore_patterns(".secrets")
-    )
-    return World(inventory)
+    return lab_world(tmp_path_factory, "firewall")
 
 
 def rules_file(world: World, host: str, role: str, rules: Any = None) -> str:
@@ -67,7 +63,7 @@ def test_etcd_peers_are_members_only(world: World) -> None:
 def test_app_workers_open_to_the_lb_and_the_master_to_the_workers(world: World) -> None:
     master_host = rule_lines(rules_file(world, "app1", "app"))
     assert master_host == [
-        'ip saddr { 10.77.0.10 } tcp dport { 8180, 8181 } accept comment "app workers"',
+        'ip saddr { 10.77.0.10, 10.77.0.11 } tcp dport { 8180, 8181 } accept comment "app workers"',
         'ip saddr { 10.77.0.21, 10.77.0.22 } tcp dport 7001 accept comment "app master gRPC"',
     ]
     # A host without the master opens no gRPC port.
@@ -80,7 +76,7 @@ def test_front_end_public_ports_are_open_and_stats_closed(world: World) -> None:
     ]
     haproxy = rules_file(world, "lb1", "haproxy")
     assert rule_lines(haproxy) == [
-        'ip saddr { 10.77.0.10 } tcp dport 8000 accept comment "haproxy api"'
+        'ip saddr { 10.77.0.10, 10.77.0.11 } tcp dport 8000 accept comment "haproxy api"'
     ]
     assert "# haproxy stats: no source in the inventory, nothing allowed" in haproxy
 
@@ -94,7 +90,7 @@ def test_sources_of_every_kind(world: World) -> None:
     ]
     text = rules_file(world, "lb1", "custom", rules)
     assert rule_lines(text) == [
-        'ip saddr { 10.77.0.10, 192.0.2.0/24 } tcp dport 5 accept comment "mixed"',
+        'ip saddr { 10.77.0.10, 10.77.0.11, 192.0.2.0/24 } tcp dport 5 accept comment "mixed"',
         'ip6 saddr { fd00::7 } tcp dport 5 accept comment "mixed"',
         'udp dport 53 accept comment "udp any"',
         'ip saddr { 10.1.2.3 } accept comment "every port"',
@@ -128,4 +124,11 @@ def test_the_lab_lets_the_controller_in(world: World) -> None:
     )
     assert rule_lines(render("firewall/rules.nft.j2", scoped)) == [
         'ip saddr { 10.77.0.1 } accept comment "management"'
+    ]
+
+
+def test_vrrp_is_open_between_the_load_balancers_only(world: World) -> None:
+    # keepalived's adverts are IP protocol 112 (no ports): from the other LB hosts only.
+    assert rule_lines(rules_file(world, "lb1", "keepalived")) == [
+        'ip saddr { 10.77.0.10, 10.77.0.11 } meta l4proto vrrp accept comment "keepalived vrrp"'
     ]

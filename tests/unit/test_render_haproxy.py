@@ -39,6 +39,7 @@ def render(**overrides) -> str:
         ansible_managed="Ansible managed",
         haproxy_api_bind_addresses=["10.77.0.10", "127.0.0.1"],
         haproxy_stats_bind_addresses=["10.77.0.10", "127.0.0.1"],
+        haproxy_stats_virtual_addresses=[],
         haproxy_backend_servers=SERVERS,
         haproxy_stats_password="not-used-by-the-template",
         haproxy_stats_password_hash=HASH,
@@ -248,3 +249,14 @@ def test_haproxy_accepts_the_rendered_file(tmp_path: Path) -> None:
     )
     result = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_stats_answer_on_the_virtual_address_with_transparent() -> None:
+    # The VIP is held by one LB at a time: `transparent` (a non-local bind) lets both bind it.
+    stats = sections(render(haproxy_stats_virtual_addresses=["10.77.0.100"]))["frontend stats"]
+    binds = [line for line in stats if line[0] == "bind"]
+    assert binds == [
+        ["bind", "10.77.0.10:8404"],
+        ["bind", "127.0.0.1:8404"],
+        ["bind", "10.77.0.100:8404", "transparent"],
+    ]
