@@ -331,6 +331,25 @@ class RedisSentinelGroup:
         """Start a stopped member again as a replica of the current primary."""
         self.start_member(i, replica_of=self.primary_port())
 
+    def planned_failover(self, pause_ms: int = 20000) -> None:
+        """A failover that loses no acknowledged write while clients keep writing: writes to
+        the primary are paused (clients wait), so every replica has all of them; Sentinel
+        promotes one; the old primary is made its replica at once (what Sentinel does a few
+        seconds later by itself); then the paused writes resume there, get READONLY and the
+        clients move on to the new primary. A bare SENTINEL FAILOVER leaves the old primary
+        writable for ~10 s, replicating to a replica not yet moved: writes acknowledged in that
+        window are lost (the app test measured hundreds)."""
+        old = self.primary_index()
+        with self.client(self.ports[old]) as c:
+            c.execute_command("CLIENT", "PAUSE", pause_ms, "WRITE")
+            try:
+                with self.client(self.sentinel_ports[0], sentinel=True) as s:
+                    s.execute_command("SENTINEL", "FAILOVER", self.master_name)
+                wait_until(lambda: self.primary_index() != old, 20, "a promoted replica")
+                c.execute_command("REPLICAOF", "127.0.0.1", self.primary_port())
+            finally:
+                c.execute_command("CLIENT", "UNPAUSE")
+
     def env(self) -> dict[str, str]:
         return {
             "REDIS_SENTINELS": ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports),
