@@ -5,6 +5,7 @@ lost, neither after SENTINEL FAILOVER nor after a kill -9 of the primary."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,7 +55,7 @@ async def submit_through(
     while after_fault < after and time.monotonic() < deadline:
         job_id = f"{prefix}-{n}"
         try:
-            await jobs.submit(job_id, '{"n": %d}' % n)
+            await jobs.submit(job_id, json.dumps({"n": n}))
         except (RedisError, OSError):
             await asyncio.sleep(0.05)
             continue

@@ -246,7 +246,9 @@ def test_every_sentinel_agrees_on_the_primary_and_sees_the_whole_group() -> None
         with sentinel_client(h) as c:
             state = c.sentinel_master(_master_name())
         assert state["ip"] == primary, h
-        assert state["is_master"] and not state["is_sdown"] and not state["is_odown"], state
+        assert state["is_master"], state
+        assert not state["is_sdown"], state
+        assert not state["is_odown"], state
         assert state["num-slaves"] == len(REDIS_HOSTS) - 1, (h, state)
         assert state["num-other-sentinels"] == len(REDIS_HOSTS) - 1, (h, state)
         assert state["quorum"] == int(setting(h, "redis_sentinel_quorum"))

@@ -307,9 +307,7 @@ class RedisSentinelGroup:
                 if master["is_sdown"] or master["is_odown"]:
                     return False
                 live = [
-                    r
-                    for r in replicas
-                    if not r["is_sdown"] and r["master-link-status"] == "ok"
+                    r for r in replicas if not r["is_sdown"] and r["master-link-status"] == "ok"
                 ]
                 if len(live) < n_replicas:
                     return False
