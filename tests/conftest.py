@@ -89,3 +89,43 @@ def secret(name: str) -> str:
 @pytest.fixture(scope="session")
 def lab_inventory() -> dict:
     return inventory()
+
+
+def sentinel_client(host: str):
+    """An authenticated client of the Sentinel on host (redis_sentinel_port)."""
+    import redis
+
+    return redis.Redis(
+        host=address(host),
+        port=int(setting(host, "redis_sentinel_port")),
+        password=secret("redis_sentinel_password"),
+        socket_timeout=5,
+        decode_responses=True,
+    )
+
+
+def redis_primary() -> str:
+    """Inventory name of the current Redis primary, as a majority of the Sentinels report it
+    (the group's first host when it has fewer than three hosts: no Sentinel)."""
+    hosts = group_hosts("redis")
+    if len(hosts) < 3:
+        return hosts[0]
+    by_address = {address(h): h for h in hosts}
+    seen: list[str] = []
+    for h in hosts:
+        try:
+            with sentinel_client(h) as c:
+                reply = c.sentinel_get_master_addr_by_name(
+                    str(setting(h, "redis_sentinel_master_name"))
+                )
+        except OSError:
+            continue
+        except Exception as exc:  # redis errors: that Sentinel does not count
+            if "redis" not in type(exc).__module__:
+                raise
+            continue
+        if reply:
+            seen.append(by_address.get(reply[0], reply[0]))
+    if not seen or seen.count(max(set(seen), key=seen.count)) <= len(hosts) // 2:
+        raise RuntimeError(f"no majority of the Sentinels names a primary: {seen}")
+    return max(set(seen), key=seen.count)

@@ -89,3 +89,25 @@ def test_cli_exits_2_with_the_variable_name() -> None:
     assert proc.returncode == 2
     assert "NODE_ID" in proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+def test_redis_sentinels_are_parsed() -> None:
+    cfg = load_config({**BASE, "REDIS_SENTINELS": "10.0.0.31:26379, h2:26380"})
+    assert cfg.redis_sentinels == (("10.0.0.31", 26379), ("h2", 26380))
+    assert cfg.redis_sentinel_master == "clusterkit"
+    assert load_config(BASE).redis_sentinels == ()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("REDIS_SENTINELS", "10.0.0.31"),
+        ("REDIS_SENTINELS", "h1:26379,,h2:1"),
+        ("REDIS_SENTINELS", "h1:0"),
+        ("REDIS_SENTINEL_MASTER", "bad name"),
+        ("REDIS_WAIT_REPLICAS", "-1"),
+        ("REDIS_WAIT_TIMEOUT_MS", "0"),
+    ],
+)
+def test_bad_redis_sentinel_settings_name_the_variable(name: str, value: str) -> None:
+    assert bad({**BASE, name: value}) == name

@@ -60,6 +60,8 @@ def ports_of(tier: str) -> list[tuple[str, int]]:
     for h in group_hosts(tier):
         if tier == "redis":
             out.append((address(h), int(setting(h, "redis_port"))))
+            if len(group_hosts("redis")) >= 3:  # Sentinel on each
+                out.append((address(h), int(setting(h, "redis_sentinel_port"))))
         elif tier == "mongodb":
             out.append((address(h), int(setting(h, "mongodb_port"))))
         elif tier == "etcd":
@@ -96,7 +98,7 @@ def test_every_host_drops_input_unless_allowed(name: str) -> None:
 
 # (tier whose ports are probed, tiers allowed to reach them)
 ALLOWED = {
-    "redis": ["app_master", "app_workers"],
+    "redis": ["redis", "app_master", "app_workers"],  # replication, Sentinels
     "mongodb": ["mongodb", "app_master", "app_workers"],
     "etcd": ["etcd"],  # the peer port is for members only; clients below
     "app_workers": ["lb"],
@@ -117,6 +119,7 @@ def test_a_host_outside_the_tiers_that_need_it_gets_no_answer(tier: str) -> None
     ("tier", "source_tier"),
     [
         ("redis", "app_workers"),
+        ("redis", "redis"),
         ("mongodb", "app_workers"),
         ("mongodb", "mongodb"),
         ("etcd", "etcd"),

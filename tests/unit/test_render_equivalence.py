@@ -132,6 +132,14 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ),
     ("redis/auth.conf.j2", "data1", {}),
     ("redis/redis.conf.j2", "data1", {}),
+    ("redis/redis.conf.j2", "data2", {"redis_sentinel_enabled": False}),
+    ("redis/auth.conf.j2", "data2", {"redis_sentinel_enabled": False}),
+    ("redis/ha.conf.j2", "data2", {}),
+    (
+        "redis/sentinel.conf.j2",
+        "data3",
+        {"redis__primary_host": "10.77.0.31", "redis__primary_port": "6379"},
+    ),
     ("redis/redis.conf.j2", "data1", {"redis_save": [], "redis_extra_config": {"a-b": 1}}),
     ("systemd/dropin.conf.j2", "data1", {"common_dropin_settings": DROPIN}),
 ]

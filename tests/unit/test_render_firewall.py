@@ -38,9 +38,11 @@ def rule_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if "accept" in line]
 
 
-def test_redis_is_open_to_the_app_hosts_only(world: World) -> None:
+def test_redis_and_sentinel_are_open_to_the_app_and_redis_hosts_only(world: World) -> None:
+    members = "10.77.0.21, 10.77.0.22, 10.77.0.31, 10.77.0.32, 10.77.0.33"
     assert rule_lines(rules_file(world, "data1", "redis")) == [
-        'ip saddr { 10.77.0.21, 10.77.0.22 } tcp dport 6379 accept comment "redis"'
+        f'ip saddr {{ {members} }} tcp dport 6379 accept comment "redis"',
+        f'ip saddr {{ {members} }} tcp dport 26379 accept comment "redis-sentinel"',
     ]
 
 

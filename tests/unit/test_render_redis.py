@@ -34,6 +34,9 @@ def render(name: str, **overrides) -> str:
         ansible_managed="Ansible managed",
         redis_bind_address="10.77.0.31",
         redis_password="s3cretPassw0rd",
+        # the single-Redis profile; the Sentinel profile: test_render_equivalence
+        redis_sentinel_enabled=False,
+        redis_min_replicas_to_write=0,
     )
     variables.update(overrides)
     return env.get_template(name).render(**variables)

@@ -40,6 +40,15 @@ class Config:
     redis_port: int = 6379
     redis_password: str | None = field(default=None, repr=False)
     redis_db: int = 0
+    # Sentinel mode (REDIS_SENTINELS set): the primary is asked from these Sentinels and
+    # REDIS_HOST/REDIS_PORT are unused.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = "clusterkit"
+    redis_sentinel_password: str | None = field(default=None, repr=False)
+    # A job submit is acknowledged only once this many replicas have it (WAIT), within
+    # redis_wait_timeout_ms; 0 = the primary alone (a failover can lose the newest jobs).
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 1000
     mongodb_uri: str = "mongodb://127.0.0.1:27017"
     mongodb_database: str = "clusterkit"
     # Write concern of the request audit documents: "majority" (survives a failover) or "1"
@@ -143,6 +152,21 @@ def _endpoints(env: Mapping[str, str]) -> tuple[str, ...]:
     return urls
 
 
+def _sentinels(env: Mapping[str, str]) -> tuple[tuple[str, int], ...]:
+    raw = _str(env, "REDIS_SENTINELS")
+    if raw is None:
+        return ()
+    out = []
+    for item in (i.strip() for i in raw.split(",")):
+        host, sep, port = item.rpartition(":")
+        if not item or not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(
+                "REDIS_SENTINELS", f"must be comma-separated host:port pairs, got {item!r}"
+            )
+        out.append((host, int(port)))
+    return tuple(out)
+
+
 def load_etcd_only(env: Mapping[str, str]) -> tuple[tuple[str, ...], str | None, str | None, str]:
     """The subset used by the ``workers`` subcommand."""
     user = _str(env, "ETCD_USER")
@@ -219,6 +243,15 @@ def load_config(env: Mapping[str, str]) -> Config:
         redis_port=_port(env, "REDIS_PORT", 6379),
         redis_password=env.get("REDIS_PASSWORD") or None,
         redis_db=_int(env, "REDIS_DB", 0, 0, 1023),
+        redis_sentinels=_sentinels(env),
+        redis_sentinel_master=_name(
+            env,
+            "REDIS_SENTINEL_MASTER",
+            _str(env, "REDIS_SENTINEL_MASTER", "clusterkit") or "",
+        ),
+        redis_sentinel_password=env.get("REDIS_SENTINEL_PASSWORD") or None,
+        redis_wait_replicas=_int(env, "REDIS_WAIT_REPLICAS", 0, 0, 100),
+        redis_wait_timeout_ms=_int(env, "REDIS_WAIT_TIMEOUT_MS", 1000, 1, 60_000),
         mongodb_uri=mongodb_uri,
         mongodb_database=_name(
             env, "MONGODB_DATABASE", _str(env, "MONGODB_DATABASE", "clusterkit") or ""

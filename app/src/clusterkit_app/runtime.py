@@ -85,8 +85,16 @@ async def run(config: Config) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     etcd = EtcdClient(config.etcd_endpoints, config.etcd_user, config.etcd_password)
-    redis = make_redis(config.redis_host, config.redis_port, config.redis_password, config.redis_db)
-    jobs = JobQueue(redis)
+    redis = make_redis(
+        config.redis_host,
+        config.redis_port,
+        config.redis_password,
+        config.redis_db,
+        sentinels=config.redis_sentinels,
+        sentinel_master=config.redis_sentinel_master,
+        sentinel_password=config.redis_sentinel_password,
+    )
+    jobs = JobQueue(redis, config.redis_wait_replicas, config.redis_wait_timeout_ms)
     docs: Documents | None = None
     lock: LeaseKeeper | None = None
     master: Master | None = None

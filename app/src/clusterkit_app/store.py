@@ -23,8 +23,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 QUEUE = "jobs:queue"
 INFLIGHT = "jobs:inflight"
@@ -44,8 +46,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# A resend of a known job still writes (the submit counter): WAIT then covers the first
+# write as well, which a resend after a lost reply may find unreplicated.
 _SUBMIT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'resubmits', 1)
+  return 0
+end
 redis.call('HSET', KEYS[1], 'payload', ARGV[1], 'status', 'queued', 'attempts', 0,
            'submitted_at', ARGV[2])
 redis.call('LPUSH', KEYS[2], ARGV[3])
@@ -115,34 +122,79 @@ class ClaimedJob:
 # on a new connection, after 50 ms, 100 ms, ... at most 1 s: about 3 s in all, which covers a
 # Redis restart. Without it every pooled connection of the old Redis failed one request, some
 # of them long after the restart. Timeouts are not retried (the command may have run).
+# With Sentinel a new connection asks the Sentinels for the primary first, and a demoted
+# primary's READONLY reply counts as a broken connection (redis-py's SentinelManagedConnection),
+# so the same retries follow a failover; one that takes longer fails the request (503).
 REDIS_RETRIES = 6
 
 
-def make_redis(host: str, port: int, password: str | None, db: int) -> aioredis.Redis:
-    # a blocking pool: under a burst, callers wait for a connection instead of failing
-    pool = aioredis.BlockingConnectionPool(
-        retry=Retry(
-            ExponentialWithJitterBackoff(base=0.05, cap=1.0),
-            REDIS_RETRIES,
-            supported_errors=(RedisConnectionError,),
-        ),
-        host=host,
-        port=port,
+class NotReplicatedError(RedisError):
+    """Fewer replicas than required acknowledged a write in time (answered as 503)."""
+
+
+def _retry() -> Retry:
+    return Retry(
+        ExponentialWithJitterBackoff(base=0.05, cap=1.0),
+        REDIS_RETRIES,
+        supported_errors=(RedisConnectionError,),
+    )
+
+
+# Shared by both kinds of pool: under a burst, callers wait for a connection instead of failing.
+_POOL_OPTIONS: dict[str, Any] = {
+    "decode_responses": True,
+    "socket_timeout": 5,
+    "socket_connect_timeout": 3,
+    "health_check_interval": 15,
+    "max_connections": 64,
+    "timeout": 5,
+}
+
+
+class BlockingSentinelConnectionPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel's pool (connections follow the primary) that waits for a free connection."""
+
+
+def make_redis(
+    host: str,
+    port: int,
+    password: str | None,
+    db: int,
+    sentinels: tuple[tuple[str, int], ...] = (),
+    sentinel_master: str = "clusterkit",
+    sentinel_password: str | None = None,
+) -> aioredis.Redis:
+    """A client of the single Redis at host:port, or of the primary the Sentinels name."""
+    if not sentinels:
+        pool = aioredis.BlockingConnectionPool(
+            retry=_retry(), host=host, port=port, password=password, db=db, **_POOL_OPTIONS
+        )
+        return aioredis.Redis.from_pool(pool)
+    manager = Sentinel(
+        list(sentinels),
+        sentinel_kwargs={
+            "password": sentinel_password,
+            "socket_timeout": 1,
+            "socket_connect_timeout": 1,
+        },
+    )
+    return manager.master_for(
+        sentinel_master,
+        connection_pool_class=BlockingSentinelConnectionPool,
+        retry=_retry(),
         password=password,
         db=db,
-        decode_responses=True,
-        socket_timeout=5,
-        socket_connect_timeout=3,
-        health_check_interval=15,
-        max_connections=64,
-        timeout=5,
+        **_POOL_OPTIONS,
     )
-    return aioredis.Redis.from_pool(pool)
 
 
 class JobQueue:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, wait_replicas: int = 0, wait_timeout_ms: int = 1000
+    ) -> None:
         self.redis = redis
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self._submit = redis.register_script(_SUBMIT)
         self._claim = redis.register_script(_CLAIM)
         self._ack = redis.register_script(_ACK)
@@ -150,10 +202,26 @@ class JobQueue:
         self._recover = redis.register_script(_RECOVER)
 
     async def submit(self, job_id: str, payload_json: str) -> bool:
-        """Store and enqueue a job atomically. False if the id already exists (idempotent)."""
-        created = await self._submit(
-            keys=[job_key(job_id), QUEUE], args=[payload_json, utcnow().isoformat(), job_id]
-        )
+        """Store and enqueue a job atomically. False if the id already exists (idempotent).
+
+        With wait_replicas > 0, returns only once that many replicas have the job (WAIT on the
+        same connection as the write), else raises NotReplicatedError: the caller must not
+        acknowledge the job, and a resend is safe. A failover then loses no returned job:
+        Sentinel promotes the replica with the most data, which has it.
+        """
+        keys = [job_key(job_id), QUEUE]
+        args = [payload_json, utcnow().isoformat(), job_id]
+        if self.wait_replicas <= 0:
+            return bool(await self._submit(keys=keys, args=args))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._submit(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            created, acked = await pipe.execute()
+        if int(acked) < self.wait_replicas:
+            raise NotReplicatedError(
+                f"job {job_id}: {acked} of {self.wait_replicas} replicas acknowledged it "
+                f"within {self.wait_timeout_ms} ms"
+            )
         return bool(created)
 
     async def claim(self, n: int, ack_timeout_s: float) -> list[ClaimedJob]:
