@@ -16,9 +16,13 @@ import requests
 import testinfra
 
 from tests.conftest import ROOT, group_hosts, inventory, secret
+from tests.lab._published import published
 
-NGINX = "http://127.0.0.1:8080"
-STATS = "http://127.0.0.1:8404"
+# Changes the lab (a rolling update, scaling): runs alone, after the read-only tests.
+pytestmark = pytest.mark.serial
+
+NGINX = f"http://{published(80)}"
+STATS = f"http://{published(8404)}"
 BACKEND = "app_workers"
 MIN_LOAD_S = 60
 LOAD_LIMIT_S = 45 * 60

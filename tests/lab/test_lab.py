@@ -6,6 +6,7 @@ import docker
 import pytest
 
 from tests.conftest import address, group_hosts, hostvar
+from tests.lab._published import network_name, published
 
 LAB_HOSTS = group_hosts("lab")
 
@@ -26,6 +27,7 @@ def test_lab_has_the_default_hosts() -> None:
     assert sorted(LAB_HOSTS) == ["app1", "app2", "data1", "data2", "data3", "lb1"]
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("host", LAB_HOSTS)
 def test_container_runs_systemd_without_privileges(client, host: str) -> None:
     c = container(client, host)
@@ -46,7 +48,7 @@ def test_container_runs_systemd_without_privileges(client, host: str) -> None:
 def test_container_has_its_fixed_address(client, host: str) -> None:
     c = container(client, host)
     networks = c.attrs["NetworkSettings"]["Networks"]
-    assert networks["clusterkit-lab"]["IPAMConfig"]["IPv4Address"] == address(host)
+    assert networks[network_name()]["IPAMConfig"]["IPv4Address"] == address(host)
     exit_code, out = c.exec_run(["hostname"])
     assert out.decode().strip() == host
 
@@ -56,7 +58,9 @@ def test_only_the_load_balancer_publishes_ports_and_only_on_loopback(client) -> 
         ports = container(client, host).attrs["HostConfig"]["PortBindings"] or {}
         bindings = [b for binds in ports.values() for b in binds or []]
         if host in group_hosts("lb"):
-            assert {b["HostPort"] for b in bindings} >= {"8080", "8443", "8404"}
+            assert {b["HostPort"] for b in bindings} >= {
+                published(port).rsplit(":", 1)[1] for port in (80, 443, 8404)
+            }
         else:
             assert bindings == []
         assert all(b["HostIp"] == "127.0.0.1" for b in bindings)

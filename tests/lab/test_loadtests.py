@@ -5,6 +5,7 @@ stopped while the threshold asks for (nearly) full capacity. Each run is bounded
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -15,8 +16,12 @@ import requests
 import testinfra
 
 from tests.conftest import ROOT, group_hosts, secret, worker_ports
+from tests.lab._published import published
 
-STATS = "http://127.0.0.1:8404/stats;csv"
+# Measures throughput and stops a worker: runs alone, after the read-only tests.
+pytestmark = pytest.mark.serial
+
+STATS = f"http://{published(8404)}/stats;csv"
 RUN_S = 30
 
 
@@ -41,8 +46,10 @@ def locust(tmp_path: Path, *extra: str, run_s: int = RUN_S) -> tuple[int, str, d
         str(report),
         *extra,
     ]
+    # The lab under test, unless the caller points Locust elsewhere.
+    env = {"LOCUST_HOST": f"http://{published(80)}", "CLUSTERKIT_STATS_URL": STATS} | os.environ
     done = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=run_s + 120, check=False
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=run_s + 120, check=False
     )
     output = done.stdout + done.stderr
     figures = json.loads(report.read_text()) if report.exists() else {}
