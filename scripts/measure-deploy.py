@@ -51,7 +51,8 @@ def playbook(inventory: Path, path: str, log: Path) -> tuple[float, str]:
     elapsed = time.monotonic() - start
     log.write_text(result.stdout + result.stderr)
     if result.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({result.returncode}), see {log}:\n{result.stdout[-3000:]}")
+        tail = result.stdout[-3000:]
+        sys.exit(f"{' '.join(cmd)} failed ({result.returncode}), see {log}:\n{tail}")
     return elapsed, result.stdout
 
 
@@ -147,7 +148,11 @@ def fit(points: list[tuple[int, float]]) -> dict:
     sxx = sum((x - mx) ** 2 for x, _ in points)
     b = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
     a = my - b * mx
-    return {"fixed_s": round(a, 1), "per_host_s": round(b, 2), "estimate_50_hosts_s": round(a + 50 * b)}
+    return {
+        "fixed_s": round(a, 1),
+        "per_host_s": round(b, 2),
+        "estimate_50_hosts_s": round(a + 50 * b),
+    }
 
 
 def plot(sizes: list[dict], out: Path) -> None:
