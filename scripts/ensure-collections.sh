@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 venv=.venv/bin
 stamp=collections/.installed
 mkdir -p .cache collections
+# Molecule's dependency step runs this for every scenario, and scenarios run side by side:
+# one install at a time, the others wait and then find the stamp.
+exec 9>.cache/collections.lock
+flock 9
 if [ -f "$stamp" ] && [ "$stamp" -nt requirements.yml ]; then
   exit 0
 fi

@@ -1,61 +1,147 @@
 #!/usr/bin/env bash
-# The whole test suite (`make test`): lint, unit and render tests, deploy the lab with
-# `ansible-playbook site.yml`, prove a second run changes nothing, test the deployed lab and
-# its behaviour under faults (tests/chaos),
-# then every Molecule scenario, then a fresh lab deployed with the pyinfra engine (deploy and
-# a rerun that changes nothing). Each stage's log goes to logs/; a summary closes the run.
+# The whole test suite (`make test`), from a fresh machine: set up what is missing (venv,
+# collections, Docker engine, the app's test servers), lint, unit and render tests, create
+# the lab hosts, deploy them with `ansible-playbook site.yml`, prove a second run changes
+# nothing, test the deployed lab (read-only tests in parallel, then the ones that change
+# state) and its behaviour under faults (tests/chaos), every Molecule scenario (two at a
+# time), then the pyinfra engine on fresh hosts: its deploy, a rerun that changes nothing,
+# `ansible-playbook site.yml --check` reporting changed=0 on the hosts pyinfra deployed
+# (both engines reach the same state), and the smoke tests.
+#
+# Each stage's log goes to logs/<stage>.log; at the end a table of every stage's duration
+# is printed and written to logs/timings.json (name, seconds, status, start offset).
+#
+#   CLUSTERKIT_INVENTORY   the lab inventory to deploy and test (default inventory/lab)
+#   MOLECULE_JOBS          Molecule scenarios run side by side (default 2)
+#   LAB_TEST_JOBS          pytest-xdist workers for the read-only lab tests (default 2)
+#   STAGES                 run only the stages whose names match this regex (e.g. 'molecule-')
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
+INVENTORY=${CLUSTERKIT_INVENTORY:-inventory/lab}
+export CLUSTERKIT_INVENTORY=$INVENTORY
+# Testinfra's ansible:// hosts and every ansible-playbook below use the same inventory.
+export ANSIBLE_INVENTORY=$INVENTORY
+MOLECULE_JOBS=${MOLECULE_JOBS:-2}
+LAB_TEST_JOBS=${LAB_TEST_JOBS:-2}
+STAGES=${STAGES:-.}
 mkdir -p logs
+records=logs/.timings.tsv
+: >"$records"
+run_start=$EPOCHREALTIME
 
-passed=0 failed=0 failures=()
+# stage NAME COMMAND...: runs COMMAND with its output in logs/NAME.log and records the
+# stage (also when run in the background: the record goes to a file, not a variable).
 stage() {
   local name=$1; shift
-  local log="logs/${name}.log" start=$SECONDS
+  local log="logs/${name}.log" start=$EPOCHREALTIME status
+  if ! [[ $name =~ $STAGES ]]; then
+    return 0
+  fi
   echo "=== ${name}: $* (log: ${log})"
-  if "$@" >"$log" 2>&1; then
-    passed=$((passed + 1))
-    echo "    ok (${name}, $((SECONDS - start)) s)"
+  if "$@" >"$log" 2>&1; then status=passed; else status=failed; fi
+  local end=$EPOCHREALTIME
+  local seconds offset
+  seconds=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
+  offset=$(awk -v a="$run_start" -v b="$start" 'BEGIN { printf "%.1f", b - a }')
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$offset" "$seconds" "$status" "$log" >>"$records"
+  if [ "$status" = passed ]; then
+    echo "    ok (${name}, ${seconds} s)"
   else
-    failed=$((failed + 1)); failures+=("$name")
-    echo "    FAILED (${name}, $((SECONDS - start)) s); last lines of ${log}:"
+    echo "    FAILED (${name}, ${seconds} s); last lines of ${log}:"
     tail -n 40 "$log" | sed 's/^/    | /'
+    return 1
   fi
 }
 
+skip() {
+  local name=$1 why=$2
+  [[ $name =~ $STAGES ]] || return 0
+  echo "=== ${name}: skipped (${why})"
+  printf '%s\t%s\t0\tskipped\t-\n' "$name" \
+    "$(awk -v a="$run_start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')" >>"$records"
+}
+
+# Molecule scenarios, MOLECULE_JOBS at a time, the longest first (so the last ones to start
+# are short). Each scenario has its own containers (<scenario>-N), ephemeral directory and
+# log; the collections are made sure of once, before (the `dependency` step then finds them).
+molecule_all() {
+  local order=(app mongodb etcd nginx redis haproxy keepalived loadgen firewall common)
+  local scenarios=() name running=0
+  for name in "${order[@]}"; do
+    [ -f "molecule/${name}/molecule.yml" ] && scenarios+=("$name")
+  done
+  for name in $(ls molecule/*/molecule.yml | xargs -n1 dirname | xargs -n1 basename); do
+    [[ " ${scenarios[*]} " == *" ${name} "* ]] || scenarios+=("$name")
+  done
+  for name in "${scenarios[@]}"; do
+    if [ "$running" -ge "$MOLECULE_JOBS" ]; then
+      wait -n
+      running=$((running - 1))
+    fi
+    stage "molecule-${name}" molecule test -s "$name" &
+    running=$((running + 1))
+  done
+  wait
+}
+
+failed_stage() { grep -qP "^$1\t.*\tfailed\t" "$records"; }
+
+# -- setup (a fresh machine has none of it; each is quick when already done) ---------------
+for target in venv collections docker test-deps; do
+  if ! stage "setup-${target}" make --no-print-directory "$target"; then
+    echo "setup failed: cannot run the suite"
+    exit 1
+  fi
+done
+
+# -- static checks and tests without hosts -------------------------------------------------
 stage lint-python ruff check .
 stage format-python ruff format --check .
 stage lint-ansible ansible-lint
 stage unit python -m pytest tests/unit -q
 stage app bash -c "cd app && python -m pytest -q"
-stage deploy ansible-playbook site.yml
-if [ "${failures[*]:-}" != "${failures[*]/deploy/}" ]; then
-  echo "    (deploy failed: skipping the idempotence check and the lab tests)"
+
+# -- the lab, deployed with Ansible ----------------------------------------------------------
+# The hosts first (image from cache, or built with debootstrap on a fresh machine), so that
+# `deploy` is the deploy of fresh hosts alone.
+stage lab-hosts ansible-playbook -i "$INVENTORY" playbooks/lab.yml
+stage deploy ansible-playbook -i "$INVENTORY" site.yml
+if failed_stage deploy || failed_stage lab-hosts; then
+  for name in idempotence lab lab-serial chaos; do skip "$name" "deploy failed"; done
 else
-  stage idempotence bash scripts/check-idempotence.sh
-  stage lab python -m pytest tests/lab -q
+  stage idempotence bash scripts/check-idempotence.sh -i "$INVENTORY"
+  # Tests that only read state, LAB_TEST_JOBS at a time; then those that stop, restart or
+  # redeploy something (marker `serial`), one after another.
+  stage lab python -m pytest tests/lab -q -m "not serial" -n "$LAB_TEST_JOBS" --dist loadfile
+  stage lab-serial python -m pytest tests/lab -q -m serial
   stage chaos python -m pytest tests/chaos -q
 fi
-for scenario in molecule/*/molecule.yml; do
-  name=$(basename "$(dirname "$scenario")")
-  stage "molecule-${name}" molecule test -s "$name"
-done
 
-# The pyinfra engine on a fresh lab (README "pyinfra engine"): the same templates and
-# variables, a rerun that changes nothing, then the same Testinfra suite as after site.yml.
-stage pyinfra-teardown ansible-playbook playbooks/teardown.yml
-stage pyinfra-lab ansible-playbook playbooks/lab.yml
+# -- role scenarios --------------------------------------------------------------------------
+molecule_all
+
+# -- the pyinfra engine on fresh hosts -------------------------------------------------------
+stage pyinfra-teardown ansible-playbook -i "$INVENTORY" playbooks/teardown.yml
+stage pyinfra-lab ansible-playbook -i "$INVENTORY" playbooks/lab.yml
 stage pyinfra-deploy python -m pyinfra_deploy.run
-if [ "${failures[*]:-}" != "${failures[*]/pyinfra-deploy/}" ]; then
-  echo "    (pyinfra deploy failed: skipping its idempotence check)"
+if failed_stage pyinfra-deploy || failed_stage pyinfra-lab; then
+  for name in pyinfra-idempotence pyinfra-ansible-check pyinfra-smoke; do
+    skip "$name" "pyinfra deploy failed"
+  done
 else
   stage pyinfra-idempotence python -m pyinfra_deploy.run --check-noop
-  stage pyinfra-labtests python -m pytest tests/lab -q
+  # Both engines reach the same state: Ansible in check mode finds nothing to change.
+  stage pyinfra-ansible-check bash scripts/check-idempotence.sh --check -i "$INVENTORY"
+  stage pyinfra-smoke python -m pytest tests/lab -q -m smoke -n "$LAB_TEST_JOBS" --dist loadfile
 fi
 
 echo
-echo "failed stages: ${failures[*]:-none}"
-echo "stages: ${passed} passed, ${failed} failed"
-[ "$failed" -eq 0 ]
+python scripts/timings.py "$records" logs/timings.json "$run_start"
+failed=$(awk -F'\t' '$4 == "failed"' "$records" | cut -f1 | xargs)
+echo "failed stages: ${failed:-none}"
+echo "stages: $(awk -F'\t' '$4 == "passed"' "$records" | wc -l) passed," \
+  "$(awk -F'\t' '$4 == "failed"' "$records" | wc -l) failed," \
+  "$(awk -F'\t' '$4 == "skipped"' "$records" | wc -l) skipped"
+[ -z "$failed" ]

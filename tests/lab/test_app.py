@@ -24,7 +24,7 @@ import pytest
 import redis
 import testinfra
 
-from tests.conftest import ROOT, address, group_hosts, secret, setting, worker_ports
+from tests.conftest import INVENTORY, ROOT, address, group_hosts, secret, setting, worker_ports
 
 MASTER_HOSTS = group_hosts("app_master")
 WORKER_HOSTS = group_hosts("app_workers")
@@ -41,7 +41,7 @@ MASTER_HEALTH = [
 
 
 def lab_host(name: str):
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={ROOT / 'inventory' / 'lab'}")
+    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +168,7 @@ def test_inventory_has_an_app_tier() -> None:
     assert len(WORKERS) >= 2, WORKERS
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("url", WORKER_URLS)
 def test_every_worker_answers_healthz_directly(client: httpx.Client, url: str) -> None:
     r = client.get(f"{url}/healthz")
@@ -175,6 +176,7 @@ def test_every_worker_answers_healthz_directly(client: httpx.Client, url: str) -
     assert r.json()["status"] == "ok"
 
 
+@pytest.mark.smoke
 def test_master_answers_healthz_and_every_worker_is_subscribed(client: httpx.Client) -> None:
     ids = set()
     for url in WORKER_URLS:
@@ -186,6 +188,7 @@ def test_master_answers_healthz_and_every_worker_is_subscribed(client: httpx.Cli
     assert set(r.json()["workers"]) == ids
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("url", WORKER_URLS)
 def test_post_request_on_every_worker(client: httpx.Client, url: str) -> None:
     session = f"lab-{uuid.uuid4().hex[:8]}"
@@ -198,6 +201,7 @@ def test_post_request_on_every_worker(client: httpx.Client, url: str) -> None:
     assert stored.status_code == 200
 
 
+@pytest.mark.smoke
 def test_workers_are_registered_in_etcd(master) -> None:
     out = master.check_output(
         "env -i PATH=/usr/bin:/bin sh -c 'set -a; . /etc/clusterkit/app.env; exec %s workers'",
@@ -211,6 +215,7 @@ def test_workers_are_registered_in_etcd(master) -> None:
 # -- jobs -----------------------------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_1000_jobs_are_applied_exactly_once_spread_over_all_workers(
     client: httpx.Client, mongo
 ) -> None:
@@ -225,6 +230,7 @@ def test_1000_jobs_are_applied_exactly_once_spread_over_all_workers(
     assert len(by_worker) == len(WORKERS), by_worker  # every worker applied some
 
 
+@pytest.mark.serial
 def test_kill_9_of_the_master_with_jobs_queued_loses_none_and_applies_none_twice(
     client: httpx.Client, mongo, queue, master
 ) -> None:
@@ -261,6 +267,7 @@ def test_kill_9_of_the_master_with_jobs_queued_loses_none_and_applies_none_twice
         all_healthy(client)
 
 
+@pytest.mark.serial
 def test_second_master_with_the_same_node_id_fails_clearly(client: httpx.Client, master) -> None:
     """The master's environment run once more, on the master host and on another app host."""
     others = [h for h in WORKER_HOSTS if h not in MASTER_HOSTS]
@@ -288,6 +295,7 @@ def journal_cursor(host) -> str:
     return out.split("cursor:", 1)[1].strip()
 
 
+@pytest.mark.serial
 def test_stopping_the_app_on_a_host_stops_workers_before_the_master(
     client: httpx.Client, master
 ) -> None:
@@ -335,6 +343,7 @@ def run_playbook(*args: str) -> None:
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 
+@pytest.mark.serial
 def test_lowering_workers_per_host_stops_and_disables_the_surplus(client: httpx.Client) -> None:
     # A worker-only host if there is one (the master host keeps all its workers).
     name = ([h for h in WORKER_HOSTS if h not in MASTER_HOSTS] or WORKER_HOSTS)[-1]
@@ -356,6 +365,7 @@ def test_lowering_workers_per_host_stops_and_disables_the_surplus(client: httpx.
     all_healthy(client)
 
 
+@pytest.mark.serial
 def test_master_holds_its_lock_at_the_end(client: httpx.Client) -> None:
     text = client.get(MASTER_HEALTH[0].replace("/healthz", "/metrics")).text
     assert re.search(r"^clusterkit_master_lock_held 1(\.0)?$", text, re.M), text[:2000]

@@ -28,6 +28,9 @@ from tests.conftest import (
     virtual_address,
 )
 
+# Changes the lab (a rolling update, scaling): runs alone, after the read-only tests.
+pytestmark = pytest.mark.serial
+
 NGINX = front_end_url()
 STATS = stats_base_url()
 BACKEND = "app_workers"

@@ -79,11 +79,13 @@ def test_service_enabled_and_running(host):
     assert not host.file("/var/lib/etcd/default").exists
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("member", MEMBERS)
 def test_member_healthy_from_the_controller(member):
     assert wait_healthy(member), f"{member} ({address(member)}) does not report healthy"
 
 
+@pytest.mark.smoke
 def test_member_list_has_every_host():
     status, body = post(MEMBERS[0], "/v3/cluster/member/list", {})
     assert status == 200, body
@@ -94,6 +96,7 @@ def test_member_list_has_every_host():
         assert member["peerURLs"] == [f"http://{address(name)}:2380"]
 
 
+@pytest.mark.smoke
 def test_anonymous_put_refused():
     body = {"key": b64("/clusterkit/anon"), "value": b64("x")}
     status, body = post(MEMBERS[0], "/v3/kv/put", body)
@@ -108,6 +111,7 @@ def test_wrong_password_refused():
     assert "authentication failed" in body.get("error", "")
 
 
+@pytest.mark.smoke
 def test_app_user_writes_under_its_prefix(app_token):
     key = f"/clusterkit/lab-test/{time.time_ns()}"
     status, body = post(MEMBERS[0], "/v3/kv/put", {"key": b64(key), "value": b64("ok")}, app_token)
@@ -145,6 +149,7 @@ def leader_and_followers() -> tuple[str, list[str]]:
     return next(m for m in MEMBERS if ids[m] == leader), followers
 
 
+@pytest.mark.serial
 def test_restart_of_one_member_keeps_the_cluster_healthy():
     leader, followers = leader_and_followers()
     victim = followers[-1]

@@ -86,6 +86,7 @@ def outsider(*tiers: str) -> str:
 pytestmark = pytest.mark.skipif(not HOSTS, reason="no lab hosts in the inventory")
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("name", HOSTS)
 def test_every_host_drops_input_unless_allowed(name: str) -> None:
     host = lab(name)
@@ -135,6 +136,7 @@ def test_the_tiers_that_need_a_port_reach_it(tier: str, source_tier: str) -> Non
     assert set(answers.values()) == {"open"}, f"from {source}: {answers}"
 
 
+@pytest.mark.smoke
 def test_app_hosts_reach_the_etcd_client_port_but_not_the_peer_port() -> None:
     members = group_hosts("etcd")
     apps = [h for h in group_hosts("app_workers") + group_hosts("app_master") if h not in members]
@@ -162,6 +164,7 @@ def test_stats_page_is_closed_to_other_tiers() -> None:
     assert connect_from(source, [(address(lb), port)]) == {f"{address(lb)}:{port}": "dropped"}
 
 
+@pytest.mark.serial
 def test_docker_dns_survives_a_firewall_restart() -> None:
     name = HOSTS[0]
     host = lab(name)

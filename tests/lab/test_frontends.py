@@ -59,6 +59,7 @@ def stats_auth():
     return ("admin", secret("haproxy_stats_password"))
 
 
+@pytest.mark.smoke
 def test_static_page_answers_200() -> None:
     r = requests.get(f"{NGINX}/", timeout=10)
     assert r.status_code == 200
@@ -67,6 +68,7 @@ def test_static_page_answers_200() -> None:
     assert len(r.headers["X-Request-Id"]) == 32
 
 
+@pytest.mark.serial
 def test_100_requests_reach_every_worker_evenly() -> None:
     counts: collections.Counter[str] = collections.Counter()
     with requests.Session() as s:
@@ -87,6 +89,7 @@ def test_request_id_reaches_the_worker() -> None:
     assert len(r.headers["X-Request-Id"]) == 32
 
 
+@pytest.mark.smoke
 def test_stats_list_every_worker_up(stats_auth) -> None:
     assert stats_csv(stats_auth) == {w: "UP" for w in expected_workers()}
 
@@ -112,6 +115,7 @@ def test_stub_status_is_not_public() -> None:
     assert requests.get(f"{NGINX}/nginx_status", timeout=10).status_code == 403
 
 
+@pytest.mark.smoke
 def test_https_with_the_hosts_certificate(host, tmp_path) -> None:
     lb = host.backend.get_hostname()
     if not var(lb, "nginx_tls_enabled", False):
@@ -153,6 +157,7 @@ def snapshot(host, unit: str, path: str) -> tuple[str, str]:
     return pid, digest
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize(
     ("tag", "extra", "unit", "path", "task"),
     [

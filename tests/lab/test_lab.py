@@ -41,6 +41,7 @@ def test_lab_has_the_default_hosts() -> None:
     assert sorted(LAB_HOSTS) == ["app1", "app2", "data1", "data2", "data3", "lb1", "lb2"]
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("host", LAB_HOSTS)
 def test_container_runs_systemd_without_privileges(client, host: str) -> None:
     c = container(client, host)

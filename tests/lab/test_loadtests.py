@@ -5,6 +5,7 @@ stopped while the threshold asks for (nearly) full capacity. Each run is bounded
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -14,7 +15,10 @@ import pytest
 import requests
 import testinfra
 
-from tests.conftest import ROOT, group_hosts, secret, stats_url, worker_ports
+from tests.conftest import ROOT, front_end_url, group_hosts, secret, stats_url, worker_ports
+
+# Measures throughput and stops a worker: runs alone, after the read-only tests.
+pytestmark = pytest.mark.serial
 
 STATS = stats_url()
 RUN_S = 30
@@ -41,8 +45,10 @@ def locust(tmp_path: Path, *extra: str, run_s: int = RUN_S) -> tuple[int, str, d
         str(report),
         *extra,
     ]
+    # The lab under test, unless the caller points Locust elsewhere.
+    env = {"LOCUST_HOST": front_end_url(), "CLUSTERKIT_STATS_URL": STATS} | os.environ
     done = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=run_s + 120, check=False
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=run_s + 120, check=False
     )
     output = done.stdout + done.stderr
     figures = json.loads(report.read_text()) if report.exists() else {}

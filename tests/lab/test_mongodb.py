@@ -96,6 +96,7 @@ def admin():
 # ---------------------------------------------------------------- each host
 
 
+@pytest.mark.smoke
 def test_mongod_enabled_running_as_mongodb(host):
     service = host.service("mongod")
     assert service.is_enabled
@@ -132,6 +133,7 @@ def test_hello_shows_three_members_and_a_primary(member):
     assert hello["me"] == f"{address(member)}:{PORT}"
 
 
+@pytest.mark.smoke
 def test_exactly_one_primary_and_healthy_secondaries(admin):
     status = admin.admin.command("replSetGetStatus")
     states = sorted(m["stateStr"] for m in status["members"])
@@ -139,6 +141,7 @@ def test_exactly_one_primary_and_healthy_secondaries(admin):
     assert all(m["health"] == 1 for m in status["members"])
 
 
+@pytest.mark.smoke
 def test_unauthenticated_insert_is_refused():
     with client() as anonymous, pytest.raises(OperationFailure) as err:
         anonymous.clusterkit.lab_probe.insert_one({"anonymous": True})
@@ -152,6 +155,7 @@ def test_wrong_password_is_refused():
     assert err.value.code == 18  # AuthenticationFailed
 
 
+@pytest.mark.smoke
 def test_app_user_writes_and_reads_with_majority(app):
     coll = app.clusterkit.get_collection(
         "lab_probe",

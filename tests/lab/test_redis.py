@@ -95,6 +95,7 @@ def raw_command(host_address: str, line: bytes) -> bytes:
         return sock.recv(256)
 
 
+@pytest.mark.smoke
 def test_unauthenticated_ping_is_refused_with_noauth(redis_host: str) -> None:
     reply = raw_command(address(redis_host), b"PING")
     assert reply.startswith(b"-NOAUTH"), reply
@@ -116,6 +117,7 @@ def test_wrong_password_is_refused(redis_host: str) -> None:
     intruder.close()
 
 
+@pytest.mark.smoke
 def test_authenticated_ping_answers_pong(redis_host: str) -> None:
     with socket.create_connection((address(redis_host), PORT), timeout=5) as sock:
         sock.sendall(b"AUTH " + secret("redis_password").encode() + b"\r\nPING\r\n")
@@ -176,6 +178,7 @@ def test_dangerous_commands_are_disabled(client: redis.Redis, command: str) -> N
         client.execute_command(command)
 
 
+@pytest.mark.smoke
 def test_unit_runs_with_the_container_dropin_only_where_needed(host) -> None:
     service = host.service("redis-server")
     assert service.is_running
@@ -184,6 +187,7 @@ def test_unit_runs_with_the_container_dropin_only_where_needed(host) -> None:
     assert "ProtectSystem=strict" in props
 
 
+@pytest.mark.serial
 def test_data_survives_a_restart(client: redis.Redis, host) -> None:
     key = f"clusterkit:labtest:{uuid.uuid4()}"
     value = uuid.uuid4().hex

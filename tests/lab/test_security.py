@@ -167,6 +167,7 @@ def expected(tier: str, endpoint: str) -> str:
     return "blocked" if tier == "lb" and firewalled else "auth-required"
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("tier", ["lb", "app"])
 @pytest.mark.parametrize("kind", ["redis", "mongodb", "etcd"])
 def test_data_tier_refuses_unauthenticated_clients(
@@ -276,6 +277,7 @@ def call_master(stub, call: str, metadata: list[tuple[str, str]]) -> None:
         stub.Drain(pb.DrainRequest(worker_id=PROBE_WORKER), metadata=metadata, timeout=10)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("token", sorted(WRONG_TOKENS))
 @pytest.mark.parametrize("call", ["Subscribe", "Ack", "Drain"])
 def test_master_refuses_calls_without_the_token(master_stub, call: str, token: str) -> None:
@@ -301,6 +303,7 @@ def test_master_serves_the_same_call_with_the_token(master_stub) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_generated_secrets_are_private_to_their_owner() -> None:
     secrets_dir = INVENTORY / ".secrets"
     assert secrets_dir.is_dir(), f"{secrets_dir} missing: deploy first"
