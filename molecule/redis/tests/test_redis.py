@@ -5,7 +5,9 @@ import time
 
 import pytest
 
-testinfra_hosts = ["ansible://redis"]
+# The initial primary; replication, Sentinel and authentication across the group are in
+# test_sentinel.py (which runs after this file: it moves the primary).
+testinfra_hosts = ["ansible://redis-1"]
 
 # The password never appears in this file or in a command line: the shell reads it from the
 # file the role wrote and hands it to redis-cli through REDISCLI_AUTH.
@@ -78,10 +80,9 @@ def test_listens_on_private_address_and_loopback_only(host, private_address):
     assert listening == sorted([f"{private_address}:6379", "127.0.0.1:6379"])
 
 
-def test_unauthenticated_ping_is_refused(host, private_address):
-    for address in ("127.0.0.1", private_address):
-        out = cli(host, "PING", address=address, auth=False)
-        assert "NOAUTH" in out.stdout + out.stderr
+def test_unauthenticated_ping_is_refused_on_loopback(host):
+    out = cli(host, "PING", auth=False)
+    assert "NOAUTH" in out.stdout + out.stderr
 
 
 def test_wrong_password_is_refused(host):
