@@ -19,6 +19,7 @@ from pyinfra import host  # noqa: E402
 
 from pyinfra_deploy import roles  # noqa: E402
 from pyinfra_deploy.keepalived import keepalived  # noqa: E402
+from pyinfra_deploy.redis import redis  # noqa: E402
 from pyinfra_deploy.variables import world  # noqa: E402
 
 v = world()[host.data.inventory_hostname]
@@ -28,7 +29,7 @@ roles.common(v)
 roles.firewall(v)
 roles.barrier("base system")
 if "redis" in groups:
-    roles.redis(v)
+    redis(v)
 roles.barrier("redis")
 if "mongodb" in groups:
     roles.mongodb(v)

@@ -66,10 +66,14 @@ def installed_file(
     user: str = "root",
     group: str = "root",
     validate: str | None = None,
+    force: bool = True,
 ) -> Generator[Command, None, None]:
     """Install `content` (or the controller file `src`) at `dest`, with owner and mode. A new
     version is uploaded next to `dest`, checked with `validate` (`%s` = its path) and only
-    then moved into place, so a rejected one never replaces the file in use."""
+    then moved into place, so a rejected one never replaces the file in use. With
+    `force=False` an existing `dest` is left as it is (written once, like Ansible's force: no)."""
+    if not force and run(f"test -e {shlex.quote(dest)}")[0]:
+        return
     if callable(content):
         content = content()
     body: str | bytes = content.encode() if isinstance(content, str) else (content or b"")

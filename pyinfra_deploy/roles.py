@@ -241,54 +241,6 @@ def firewall_rules(v: Vars, name: str, rules: list[dict[str, Any]]) -> None:
     shell(f"Load the firewall rules of {name}", [NFT_LOAD], _if=changed(written))
 
 
-# -------------------------------------------------------------------------------- redis
-
-
-def redis(v: Vars) -> None:
-    dropin(v, "redis-server.service", v["redis_container_dropin"], restart_if_installed=True)
-    apt(list(v["redis_packages"]), "Install Redis")
-    validator = "/usr/local/sbin/clusterkit-redis-validate"
-    installed_file(
-        name="Install the Redis config check",
-        dest=validator,
-        src=ROOT / "roles/redis/files/clusterkit-redis-validate",
-        mode="0755",
-    )
-    check = f"{validator} %s {int(v['redis_validate_grace'])}"
-    auth = template(
-        v,
-        "redis/auth.conf.j2",
-        "/etc/redis/redis-auth.conf",
-        mode="0640",
-        group="redis",
-        validate=check,
-    )
-    conf = template(
-        v,
-        "redis/redis.conf.j2",
-        "/etc/redis/redis.conf",
-        mode="0640",
-        group="redis",
-        validate=check,
-    )
-    firewall_rules(v, "redis", list(v["redis_firewall_rules"]))
-    service("redis-server.service")
-    password = str(v["redis_password"]).replace("\\", "\\\\").replace('"', '\\"')
-    ping = (
-        '[ "$(printf \'AUTH "%s"\\nPING\\n\' "$REDIS_AUTH" | '
-        f"redis-cli -h {q(v['redis_bind_address'])} "
-        f"-p {int(v['redis_port'])} | tr -d '\\r' | paste -sd,)\" = OK,PONG ]"
-    )
-
-    def restart() -> Generator[Cmd, None, None]:
-        yield "systemctl restart redis-server.service"
-        yield from with_secrets(
-            wait_for(ping, int(v["redis_start_timeout"]), "redis"), {"REDIS_AUTH": password}
-        )
-
-    ensure(name="Restart Redis for its new config", check=changed(auth, conf), apply=restart)
-
-
 # ------------------------------------------------------------------------------ mongodb
 
 
