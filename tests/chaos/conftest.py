@@ -3,9 +3,10 @@ a bounded background Locust run, jobs and their outcome in MongoDB, and the lab'
 
 Everything is derived from the inventory under test (CLUSTERKIT_INVENTORY, default
 inventory/lab): container names (`ansible_host` of the hosts of group `lab`), private addresses,
-ports and the secrets in <inventory>/.secrets. The front end is LOCUST_HOST (default
-http://127.0.0.1:8080), HAProxy's stats CSV is CLUSTERKIT_STATS_URL (default
-http://127.0.0.1:8404/stats;csv, read with the generated stats password; see loadtests/_lab.py).
+ports and the secrets in <inventory>/.secrets. The front end is LOCUST_HOST, else the floating
+address when the inventory has one and its lab network exists on this machine, else lb1's
+published http://127.0.0.1:8080; HAProxy's stats CSV likewise (CLUSTERKIT_STATS_URL; see
+loadtests/_lab.py).
 
 A session fixture writes the figures of every scenario that ran to results/chaos.json and
 results/chaos.md.
@@ -52,7 +53,8 @@ from tests.conftest import (
 sys.path.insert(0, str(ROOT / "loadtests"))
 import _lab  # noqa: E402  (the load tests' reading of HAProxy's stats)
 
-FRONTEND = os.environ.get("LOCUST_HOST", "http://127.0.0.1:8080").rstrip("/")
+# The floating address when the lab has one and its network is on this machine (loadtests/_lab).
+FRONTEND = _lab.front_end_url()
 RESULTS = ROOT / "results"
 USERS_PER_WORKER = 3  # closed-loop Locust users per worker, as scripts/scaling-run.py
 RESTORE_TIMEOUT_S = 150
