@@ -221,8 +221,11 @@ def test_nginx_stopped_on_the_holder_moves_the_floating_address(
     )
     assert row["holder_after_restart"] == other, f"the address moved back: {row}"
     assert row["vip_moved_s"] <= MAX_LB_FAILOVER_S, row
+    # No bound on the Locust error count here: while the holder's nginx is down (~2 s until the
+    # check fails twice) each connection is refused at once, and closed-loop users without
+    # think time retry at once, so the count measures the loop's speed (1385 "HTTP 0" in one
+    # 2.6 s outage), not the outage. The outage itself is bounded by the probe's failover.
     assert row["failover_s"] <= MAX_LB_FAILOVER_S, row
-    assert error_ratio(figures) <= MAX_FAILOVER_ERROR_RATIO, figures.error_kinds
 
 
 # -- Redis ------------------------------------------------------------------------------------
