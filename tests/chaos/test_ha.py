@@ -137,6 +137,13 @@ def holder() -> str:
     return holders[0]
 
 
+def lb_pair() -> tuple[str, str]:
+    """(the LB holding the floating address, another LB); skips with a single LB."""
+    needs(ha.vip() is not None, "one LB host: no floating address")
+    first = holder()
+    return first, next(h for h in ha.LB_HOSTS if h != first)
+
+
 def wait_vip_on(host: str, after: float, timeout: float = 30) -> float:
     return (
         wait_until(
@@ -154,9 +161,7 @@ def test_stopping_the_lb_host_with_the_floating_address_moves_it_and_its_return_
     chaos_results: dict[str, dict[str, Any]],
     mongo: pymongo.database.Database[dict[str, Any]],
 ) -> None:
-    needs(ha.vip() is not None, "one LB host: no floating address")
-    first = holder()
-    other = next(h for h in ha.LB_HOSTS if h != first)
+    first, other = lb_pair()
 
     def inject(probe: ha.RequestProbe) -> Run:
         stopped_at = time.time()
@@ -197,9 +202,7 @@ def test_nginx_stopped_on_the_holder_moves_the_floating_address(
     chaos_results: dict[str, dict[str, Any]],
     mongo: pymongo.database.Database[dict[str, Any]],
 ) -> None:
-    needs(ha.vip() is not None, "one LB host: no floating address")
-    first = holder()
-    other = next(h for h in ha.LB_HOSTS if h != first)
+    first, other = lb_pair()
 
     def inject(probe: ha.RequestProbe) -> Run:
         stopped_at = fault(first, "systemctl stop nginx")
