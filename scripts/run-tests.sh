@@ -14,6 +14,7 @@
 #   CLUSTERKIT_INVENTORY   the lab inventory to deploy and test (default inventory/lab)
 #   MOLECULE_JOBS          Molecule scenarios run side by side (default 2)
 #   LAB_TEST_JOBS          pytest-xdist workers for the read-only lab tests (default 2)
+#   UNIT_TEST_JOBS         pytest-xdist workers for tests/unit (default 2)
 #   STAGES                 run only the stages whose names match this regex (e.g. 'molecule-')
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,7 @@ export CLUSTERKIT_INVENTORY=$INVENTORY
 export ANSIBLE_INVENTORY=$INVENTORY
 MOLECULE_JOBS=${MOLECULE_JOBS:-2}
 LAB_TEST_JOBS=${LAB_TEST_JOBS:-2}
+UNIT_TEST_JOBS=${UNIT_TEST_JOBS:-2}
 STAGES=${STAGES:-.}
 mkdir -p logs
 records=logs/.timings.tsv
@@ -100,7 +102,7 @@ done
 stage lint-python ruff check .
 stage format-python ruff format --check .
 stage lint-ansible ansible-lint
-stage unit python -m pytest tests/unit -q
+stage unit python -m pytest tests/unit -q -n "$UNIT_TEST_JOBS"
 stage app bash -c "cd app && python -m pytest -q"
 
 # -- the lab, deployed with Ansible ----------------------------------------------------------

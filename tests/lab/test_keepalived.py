@@ -159,6 +159,7 @@ def test_keepalived_runs_vrrp_only_with_its_secret_kept_private() -> None:
         assert "meta l4proto vrrp" in host.check_output("nft list chain inet clusterkit allowed")
 
 
+@pytest.mark.serial
 def test_failover_when_nginx_stops_and_no_move_back() -> None:
     first = holders()[0]
     other = next(n for n in LBS if n != first)
@@ -176,6 +177,7 @@ def test_failover_when_nginx_stops_and_no_move_back() -> None:
     assert vip_serves()
 
 
+@pytest.mark.serial
 def test_failover_when_the_holder_stops_and_no_move_back() -> None:
     first = holders()[0]
     other = next(n for n in LBS if n != first)

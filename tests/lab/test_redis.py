@@ -306,6 +306,7 @@ def _submit_job() -> int:
 
 
 @needs_sentinel
+@pytest.mark.serial
 def test_failover_then_rerun_changes_nothing_and_keeps_the_new_primary() -> None:
     old = redis_primary()
     with sentinel_client(old) as c:
