@@ -17,7 +17,6 @@ import io
 import ipaddress
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -66,10 +65,10 @@ def backend_servers(timeout: float = 5.0) -> list[Server]:
 EMPTY_INVENTORY: dict = {"_meta": {"hostvars": {}}}
 
 
-def ansible_inventory() -> str | None:
-    """ansible-inventory next to the running interpreter (a venv's bin/), else on PATH."""
+def ansible_inventory() -> str:
+    """ansible-inventory next to the running interpreter (a venv's bin/), else from PATH."""
     beside = Path(sys.executable).parent / "ansible-inventory"
-    return str(beside) if beside.exists() else shutil.which("ansible-inventory")
+    return str(beside) if beside.exists() else "ansible-inventory"
 
 
 @cache
@@ -77,11 +76,10 @@ def inventory() -> dict:
     """`ansible-inventory --list` of the inventory in use; an empty inventory where there is
     none to read (a Locust worker on a load generator host has the tests, not the inventory,
     and its master tells it the front end)."""
-    tool = ansible_inventory()
-    if tool is None or not INVENTORY.exists():
+    if not (ROOT / INVENTORY).exists():
         return EMPTY_INVENTORY
     out = subprocess.run(
-        [tool, "-i", str(INVENTORY), "--list"],
+        [ansible_inventory(), "-i", str(INVENTORY), "--list"],
         cwd=ROOT,
         check=True,
         capture_output=True,

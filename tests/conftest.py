@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 from functools import cache
 from pathlib import Path
@@ -18,6 +16,7 @@ sys.path.insert(0, str(ROOT / "loadtests"))
 # Where clients reach the deployed front end and HAProxy's stats (LOCUST_HOST and
 # CLUSTERKIT_STATS_URL win; then the LBs' virtual address when its lab network exists here;
 # then the first LB's published 127.0.0.1 ports), as the load tests do.
+import _lab  # noqa: E402
 from _lab import front_end_url, stats_url, virtual_address  # noqa: E402
 
 __all__ = ["front_end_url", "stats_url", "virtual_address"]
@@ -31,17 +30,11 @@ def stats_base_url() -> str:
 INVENTORY = Path(os.environ.get("CLUSTERKIT_INVENTORY", ROOT / "inventory" / "lab"))
 
 
-@cache
 def inventory() -> dict:
     """`ansible-inventory --list` of the inventory under test (group vars merged, not templated)."""
-    out = subprocess.run(
-        ["ansible-inventory", "-i", str(INVENTORY), "--list"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out)
+    if not (ROOT / INVENTORY).is_dir():
+        raise pytest.UsageError(f"CLUSTERKIT_INVENTORY={INVENTORY}: no such inventory directory")
+    return _lab.inventory()
 
 
 def group_hosts(group: str) -> list[str]:
