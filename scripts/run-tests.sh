@@ -102,7 +102,7 @@ done
 stage lint-python ruff check .
 stage format-python ruff format --check .
 stage lint-ansible ansible-lint
-stage unit python -m pytest tests/unit -q -n "$UNIT_TEST_JOBS"
+stage unit python -m pytest tests/unit -q -n "$UNIT_TEST_JOBS" --durations=15
 stage app bash -c "cd app && python -m pytest -q"
 
 # -- the lab, deployed with Ansible ----------------------------------------------------------
@@ -117,8 +117,8 @@ else
   # Tests that only read state, LAB_TEST_JOBS at a time; then those that stop, restart or
   # redeploy something (marker `serial`), one after another.
   stage lab python -m pytest tests/lab -q -m "not serial" -n "$LAB_TEST_JOBS" --dist loadfile
-  stage lab-serial python -m pytest tests/lab -q -m serial
-  stage chaos python -m pytest tests/chaos -q
+  stage lab-serial python -m pytest tests/lab -q -m serial --durations=0
+  stage chaos python -m pytest tests/chaos -q --durations=0
 fi
 
 # -- role scenarios --------------------------------------------------------------------------
