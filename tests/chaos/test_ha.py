@@ -56,8 +56,11 @@ MAX_FAILOVER_ERROR_RATIO = 0.05
 # MongoDB primary killed (no step-down): writes fail until the election timeout (10 s) has
 # passed and a new primary is elected: measured 27% of a 60 s run (914 of 3350, all 503).
 MAX_MONGODB_KILL_ERROR_RATIO = 0.35
-# Two data hosts stopped one after the other in a 150 s run: measured 17.8% (1328 of 7463).
-MAX_DATA_HOST_ERROR_RATIO = 0.25
+# Two data hosts stopped one after the other: each is a failover, so at most twice the bound
+# of one with failing requests. (The share of failed requests is recorded, not bounded: it
+# ranged from 6% to 41% in runs whose failovers all took under 10 s, because 503s from HAProxy
+# come back at once while every worker's health check waits on the data tier.)
+MAX_DATA_HOST_ERROR_S = 2 * MAX_DATA_HOST_FAILOVER_S
 # After a partition heals: one primary again, every member its replica, every Sentinel agreeing.
 MAX_HEAL_S = 45.0
 
@@ -107,6 +110,10 @@ def under_load(
         figures,
         jobs,
         **probe.figures(run.fault_at),
+        # Seconds of the load run, from the fault on, in which some request failed: what a
+        # user sees, independent of how fast a failing request comes back (a 503 from HAProxy
+        # with no worker UP returns at once, so closed-loop users send many of them).
+        error_seconds=len(figures.error_seconds(run.fault_at, time.time())),
         requests_acknowledged=len(acknowledged),
         requests_lost=len(lost),
         **run.extra,
@@ -380,5 +387,5 @@ def test_stopping_a_data_host_then_another_keeps_requests_and_jobs(
     )
     assert row["failover_s"] <= MAX_DATA_HOST_FAILOVER_S, row
     assert row["second_failover_s"] <= MAX_DATA_HOST_FAILOVER_S, row
-    assert error_ratio(figures) <= MAX_DATA_HOST_ERROR_RATIO, figures.error_kinds
+    assert row["error_seconds"] <= MAX_DATA_HOST_ERROR_S, (row, figures.error_kinds)
     assert all(running(h) for h in group_hosts("lab"))
