@@ -3,10 +3,10 @@
 # collections, Docker engine, the app's test servers), lint, unit and render tests, create
 # the lab hosts, deploy them with `ansible-playbook site.yml`, prove a second run changes
 # nothing, test the deployed lab (read-only tests in parallel, then the ones that change
-# state) and its behaviour under faults (tests/chaos), every Molecule scenario (two at a
-# time), then the pyinfra engine on fresh hosts: its deploy, a rerun that changes nothing,
-# `ansible-playbook site.yml --check` reporting changed=0 on the hosts pyinfra deployed
-# (both engines reach the same state), and the smoke tests.
+# state) and its behaviour under faults (tests/chaos), then every Molecule scenario (two at
+# a time) and beside them the pyinfra engine on fresh hosts: its deploy, a rerun that changes
+# nothing, `ansible-playbook site.yml --check` reporting changed=0 on the hosts pyinfra
+# deployed (both engines reach the same state), and the smoke tests.
 #
 # Each stage's log goes to logs/<stage>.log; at the end a table of every stage's duration
 # is printed and written to logs/timings.json (name, seconds, status, start offset).
@@ -102,7 +102,7 @@ done
 stage lint-python ruff check .
 stage format-python ruff format --check .
 stage lint-ansible ansible-lint
-stage unit python -m pytest tests/unit -q -n "$UNIT_TEST_JOBS" --durations=15
+stage unit python -m pytest tests/unit -q -n "$UNIT_TEST_JOBS" --dist loadgroup --durations=15
 stage app bash -c "cd app && python -m pytest -q"
 
 # -- the lab, deployed with Ansible ----------------------------------------------------------
@@ -121,10 +121,13 @@ else
   stage chaos python -m pytest tests/chaos -q --durations=0
 fi
 
-# -- role scenarios --------------------------------------------------------------------------
-molecule_all
+# -- role scenarios, and beside them the pyinfra engine on fresh hosts ----------------------
+# The two share nothing but the host image: the scenarios run on containers and networks of
+# their own (<scenario>-N), the pyinfra stages on the lab's. Neither measures time, so they
+# run side by side (the lab stages above, whose Locust gate and failover bounds do, ran alone).
+molecule_all &
+molecule_pid=$!
 
-# -- the pyinfra engine on fresh hosts -------------------------------------------------------
 stage pyinfra-teardown ansible-playbook -i "$INVENTORY" playbooks/teardown.yml
 stage pyinfra-lab ansible-playbook -i "$INVENTORY" playbooks/lab.yml
 stage pyinfra-deploy python -m pyinfra_deploy.run
@@ -138,6 +141,7 @@ else
   stage pyinfra-ansible-check bash scripts/check-idempotence.sh --check -i "$INVENTORY"
   stage pyinfra-smoke python -m pytest tests/lab -q -m smoke -n "$LAB_TEST_JOBS" --dist loadfile
 fi
+wait "$molecule_pid"
 
 echo
 python scripts/timings.py "$records" logs/timings.json "$run_start"

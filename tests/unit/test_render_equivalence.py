@@ -22,6 +22,10 @@ import pytest
 from pyinfra_deploy.templating import TEMPLATES, Layers, environment, render
 from pyinfra_deploy.variables import ROOT, World
 
+# One xdist worker renders every case (the fixture runs ansible-playbook once per worker that
+# gets a case of this module; run-tests.sh passes --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("render-equivalence")
+
 DROPIN = {"Service": {"PrivateUsers": False, "ExecStart": ["", "/usr/bin/x --y"], "Restart": 5}}
 RULES = [
     {"name": "a", "proto": "tcp", "ports": [6379], "any": False, "v4": ["10.0.0.1"], "v6": []},
@@ -155,7 +159,7 @@ def plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def both(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str, str]]:
     tmp = tmp_path_factory.mktemp("equivalence")
     inventory = tmp / "inventory"
