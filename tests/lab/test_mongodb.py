@@ -163,12 +163,16 @@ def test_app_user_writes_and_reads_with_majority(app):
         read_concern=ReadConcern("majority"),
     )
     marker = uuid.uuid4().hex
-    result = coll.insert_one({"_id": marker, "from": "test_mongodb"})
-    assert result.acknowledged
-    assert coll.find_one({"_id": marker})["from"] == "test_mongodb"
-    # A majority-committed write is visible on a secondary with majority read concern.
-    secondary = coll.with_options(read_preference=ReadPreference.SECONDARY)
-    assert secondary.find_one({"_id": marker}) is not None
+    # A causally consistent session: a majority write, then a majority read on a secondary
+    # in the same session, sees the write (the secondary waits until it has applied it).
+    # Without the session a read may reach the secondary that was not part of the majority
+    # before it has applied the write.
+    with app.start_session(causal_consistency=True) as session:
+        result = coll.insert_one({"_id": marker, "from": "test_mongodb"}, session=session)
+        assert result.acknowledged
+        assert coll.find_one({"_id": marker}, session=session)["from"] == "test_mongodb"
+        secondary = coll.with_options(read_preference=ReadPreference.SECONDARY)
+        assert secondary.find_one({"_id": marker}, session=session) is not None
     coll.delete_one({"_id": marker})
 
 
