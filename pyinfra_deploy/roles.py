@@ -142,20 +142,19 @@ def dropin(
     name: str = "clusterkit-container",
     container_only: bool = True,
     restart_if_installed: bool = False,
-) -> OperationMeta:
-    """The common role's drop-in mechanism (systemd_dropin.yml)."""
-    wanted = is_container(v.name) or not container_only
+) -> OperationMeta | None:
+    """The common role's drop-in mechanism (systemd_dropin.yml): nothing where not wanted."""
+    if container_only and not is_container(v.name):
+        return None
     directory = (
         "/etc/systemd/system.conf.d" if unit == "system.conf" else f"/etc/systemd/system/{unit}.d"
     )
-    path = f"{directory}/{name}.conf"
-    if wanted:
-        files.directory(
-            name=f"Create {directory}", path=directory, user="root", group="root", mode="0755"
-        )
-        op = template(v, "systemd/dropin.conf.j2", path, common_dropin_settings=settings)
-    else:
-        op = files.file(name=f"Remove {path}", path=path, present=False)
+    files.directory(
+        name=f"Create {directory}", path=directory, user="root", group="root", mode="0755"
+    )
+    op = template(
+        v, "systemd/dropin.conf.j2", f"{directory}/{name}.conf", common_dropin_settings=settings
+    )
     reload = "systemctl daemon-reexec" if unit == "system.conf" else "systemctl daemon-reload"
     shell(f"Reload systemd for {unit}", [reload], _if=changed(op))
     if restart_if_installed:
