@@ -56,6 +56,19 @@ def playbook(inventory: Path, path: str, log: Path) -> tuple[float, str]:
     return elapsed, result.stdout
 
 
+def python_loop_s() -> float:
+    """Seconds for a fixed pure-Python loop (median of 3): the controller's speed, so figures
+    from machines of different speed can be compared (Ansible's no-op is controller-bound)."""
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        total = 0
+        for i in range(5_000_000):
+            total += i
+        times.append(time.perf_counter() - start)
+    return round(statistics.median(times), 3)
+
+
 def hosts_of(inventory: Path) -> list[str]:
     out = subprocess.run(
         ["ansible-inventory", "-i", str(inventory), "--list"],
@@ -188,7 +201,11 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     common = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "python_loop_s": python_loop_s(),
+        },
     }
 
     if not args.hosts:
