@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite (`make test`), from a fresh machine: set up what is missing (venv,
-# collections, Docker engine, the app's test servers), lint, unit and render tests, create
-# the lab hosts, deploy them with `ansible-playbook site.yml`, prove a second run changes
+# collections, Docker engine, the app's test servers), lint, unit and render tests while the
+# lab hosts are created, deploy them with `ansible-playbook site.yml`, prove a second run changes
 # nothing, test the deployed lab (read-only tests in parallel, then the ones that change
 # state) and its behaviour under faults (tests/chaos), then every Molecule scenario (two at
 # a time) and beside them the pyinfra engine on fresh hosts: its deploy, a rerun that changes
@@ -89,26 +89,38 @@ molecule_all() {
 }
 
 failed_stage() { grep -qP "^$1\t.*\tfailed\t" "$records"; }
+passed_stage() { grep -qP "^$1\t[^\t]*\t[^\t]*\tpassed\t" "$records"; }
 
 # -- setup (a fresh machine has none of it; each is quick when already done) ---------------
+# Two chains side by side, as they share nothing: the Docker engine and the app's test servers
+# (both apt-get, so one after the other), and the venv with the collections (pip, Galaxy).
+setup_target() { stage "setup-$1" make --no-print-directory "$1"; }
+(setup_target docker && setup_target test-deps) &
+setup_pid=$!
+setup_target venv && setup_target collections
+wait "$setup_pid"
 for target in venv collections docker test-deps; do
-  if ! stage "setup-${target}" make --no-print-directory "$target"; then
-    echo "setup failed: cannot run the suite"
+  [[ setup-$target =~ $STAGES ]] || continue
+  if ! passed_stage "setup-${target}"; then
+    echo "setup failed (setup-${target}, log: logs/setup-${target}.log): cannot run the suite"
     exit 1
   fi
 done
 
-# -- static checks and tests without hosts -------------------------------------------------
+# -- static checks and tests without hosts, and beside them the lab's hosts ------------------
+# The hosts (image from cache, or built with debootstrap on a fresh machine: mostly downloads
+# and unpacking) are created while the checks run, so that `deploy` is the deploy of fresh
+# hosts alone.
+stage lab-hosts ansible-playbook -i "$INVENTORY" playbooks/lab.yml &
+lab_hosts_pid=$!
 stage lint-python ruff check .
 stage format-python ruff format --check .
 stage lint-ansible ansible-lint
 stage unit python -m pytest tests/unit -q -n "$UNIT_TEST_JOBS" --dist loadgroup --durations=15
 stage app bash -c "cd app && python -m pytest -q"
+wait "$lab_hosts_pid"
 
 # -- the lab, deployed with Ansible ----------------------------------------------------------
-# The hosts first (image from cache, or built with debootstrap on a fresh machine), so that
-# `deploy` is the deploy of fresh hosts alone.
-stage lab-hosts ansible-playbook -i "$INVENTORY" playbooks/lab.yml
 stage deploy ansible-playbook -i "$INVENTORY" site.yml
 if failed_stage deploy || failed_stage lab-hosts; then
   for name in idempotence lab lab-serial chaos; do skip "$name" "deploy failed"; done

@@ -18,6 +18,7 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -58,6 +59,9 @@ FRONTEND = _lab.front_end_url()
 RESULTS = ROOT / "results"
 USERS_PER_WORKER = 3  # closed-loop Locust users per worker, as scripts/scaling-run.py
 RESTORE_TIMEOUT_S = 150
+# Steady load kept after a scenario's fault is over (its own waits for recovery have passed):
+# then the Locust run ends, instead of idling to its -t bound, which only caps the fault.
+LOAD_TAIL_S = 5.0
 
 MASTER_HOSTS = group_hosts("app_master")
 WORKER_HOSTS = group_hosts("app_workers")
@@ -286,9 +290,14 @@ class LoadRun:
             for r in rows
         ]
 
-    def finish(self) -> LoadFigures:
+    def finish(self, tail_s: float = LOAD_TAIL_S) -> LoadFigures:
+        """Ends the run tail_s seconds from now (or at its -t bound, if that comes first):
+        SIGTERM makes Locust stop its users and write its report and CSV files as at -t."""
+        time.sleep(max(0.0, min(tail_s, self.remaining())))
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout=max(self.remaining(), 0) + 60)
+            self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise AssertionError(f"locust did not end: {self.log.read_text()[-2000:]}") from None

@@ -51,11 +51,10 @@ MAX_REDIS_FAILOVER_S = 20.0
 MAX_MONGODB_FAILOVER_S = 30.0
 # A whole data host: the slower of its Redis and MongoDB failovers.
 MAX_DATA_HOST_FAILOVER_S = 30.0
-# Share of the Locust run's requests that may fail while a failover is under way.
-MAX_FAILOVER_ERROR_RATIO = 0.05
-# MongoDB primary killed (no step-down): writes fail until the election timeout (10 s) has
-# passed and a new primary is elected: measured 27% of a 60 s run (914 of 3350, all 503).
-MAX_MONGODB_KILL_ERROR_RATIO = 0.35
+# Failed requests are bounded by the seconds of the run in which some failed (`error_seconds`),
+# not by their share: the run ends a few seconds after the fault is over, so the share says
+# more about the run's length, and closed-loop users retry a fast 503 at once, so the count
+# says more about the loop's speed than about the outage.
 # Two data hosts stopped one after the other: each is a failover, so at most twice the bound
 # of one with failing requests. (The share of failed requests is recorded, not bounded: it
 # ranged from 6% to 41% in runs whose failovers all took under 10 s, because 503s from HAProxy
@@ -122,10 +121,6 @@ def under_load(
     assert not lost, f"{len(lost)} acknowledged request records lost, e.g. {lost[:3]}"
     assert_exactly_once(jobs)
     return figures, row
-
-
-def error_ratio(figures: LoadFigures) -> float:
-    return figures.errors / max(figures.requests, 1)
 
 
 def needs(condition: bool, why: str) -> None:
@@ -201,7 +196,7 @@ def test_stopping_the_lb_host_with_the_floating_address_moves_it_and_its_return_
     assert row["holder_after_return"] == other, f"the address moved back on return: {row}"
     assert row["failed_after_return"] == 0, f"the returning LB caused failures: {row}"
     assert row["failover_s"] <= MAX_LB_FAILOVER_S, row
-    assert error_ratio(figures) <= MAX_FAILOVER_ERROR_RATIO, figures.error_kinds
+    assert row["error_seconds"] <= MAX_LB_FAILOVER_S, (row, figures.error_kinds)
 
 
 def test_nginx_stopped_on_the_holder_moves_the_floating_address(
@@ -266,7 +261,7 @@ def test_kill_9_of_the_redis_primary_promotes_a_replica_and_loses_no_acknowledge
     figures, row = under_load(tmp_path, chaos_results, mongo, "Redis primary kill -9", 50, inject)
     row["new_primary"] = ha.redis_primary()
     assert row["failover_s"] <= MAX_REDIS_FAILOVER_S, row
-    assert error_ratio(figures) <= MAX_FAILOVER_ERROR_RATIO, figures.error_kinds
+    assert row["error_seconds"] <= MAX_REDIS_FAILOVER_S, (row, figures.error_kinds)
 
 
 def test_a_partitioned_redis_primary_leaves_one_primary_and_no_acknowledged_job_lost(
@@ -341,7 +336,7 @@ def test_kill_9_of_the_mongodb_primary_loses_no_acknowledged_record(
     figures, row = under_load(tmp_path, chaos_results, mongo, "MongoDB primary kill -9", 60, inject)
     wait_until("the killed member back", lambda: mongo_self_state(primary) == "SECONDARY", 90, 1)
     assert row["failover_s"] <= MAX_MONGODB_FAILOVER_S, row
-    assert error_ratio(figures) <= MAX_MONGODB_KILL_ERROR_RATIO, figures.error_kinds
+    assert row["error_seconds"] <= MAX_MONGODB_FAILOVER_S, (row, figures.error_kinds)
 
 
 def test_stopping_a_data_host_then_another_keeps_requests_and_jobs(
