@@ -65,6 +65,8 @@ class Config:
     service_time_ms: int = 66
     work_mode: WorkMode = "sleep"
     grpc_token: str = field(default="", repr=False)
+    # False when MODE=standalone made up a random token (no GRPC_TOKEN): admin endpoints are off
+    grpc_token_configured: bool = True
     max_body_bytes: int = 65536
     max_jobs_in_flight_per_worker: int = 4
     job_ack_timeout_s: float = 30.0
@@ -205,6 +207,7 @@ def load_config(env: Mapping[str, str]) -> Config:
         master_ip = _str(env, "MASTER_SERVER_IP", "127.0.0.1") or "127.0.0.1"
 
     token = _str(env, "GRPC_TOKEN")
+    token_configured = token is not None
     if token is None:
         if mode != "standalone":
             raise ConfigError("GRPC_TOKEN", f"is required in MODE={mode}")
@@ -267,6 +270,7 @@ def load_config(env: Mapping[str, str]) -> Config:
         service_time_ms=_int(env, "SERVICE_TIME_MS", 66, 0, 600_000),
         work_mode=work_mode,  # type: ignore[arg-type]
         grpc_token=token,
+        grpc_token_configured=token_configured,
         max_body_bytes=_int(env, "MAX_BODY_BYTES", 65536, 64, 64 * 1024 * 1024),
         max_jobs_in_flight_per_worker=_int(env, "MAX_JOBS_IN_FLIGHT_PER_WORKER", 4, 1, 10000),
         job_ack_timeout_s=_float(env, "JOB_ACK_TIMEOUT_S", 30.0, 0.1, 86400.0),

@@ -9,6 +9,7 @@ import math
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,6 +23,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
+from .admin_api import PATHS as ADMIN_PATHS
 from .capacity import CapacityGate
 from .openapi import OPENAPI
 from .store import Documents, JobQueue, utcnow
@@ -137,7 +139,14 @@ def _optional_id(data: dict[str, Any], field: str) -> str | None:
     return value
 
 
-def build_app(ctx: WorkerContext) -> Starlette:
+def build_app(
+    ctx: WorkerContext,
+    extra_routes: list[Route] | None = None,
+    broadcast_up: Callable[[], bool] | None = None,
+) -> Starlette:
+    """The worker API; ``extra_routes`` (the admin endpoints) are added as they are, and
+    ``broadcast_up`` is reported by /healthz (not required, like the job stream)."""
+
     async def healthz(request: Request) -> Response:
         if ctx.draining:
             return JSONResponse({"status": "draining", "worker_id": ctx.worker_id}, 503)
@@ -154,15 +163,12 @@ def build_app(ctx: WorkerContext) -> Starlette:
         # and MongoDB, so a worker keeps serving (and stays in the load balancer) while the
         # master restarts or fails over; its queued jobs wait in Redis meanwhile.
         master = "connected" if ctx.master_connected else "disconnected"
+        body: dict[str, Any] = {"worker_id": ctx.worker_id, "master": master}
+        if broadcast_up is not None:
+            body["broadcast"] = "subscribed" if broadcast_up() else "disconnected"
         if problems:
-            body = {
-                "status": "unavailable",
-                "worker_id": ctx.worker_id,
-                "master": master,
-                "reasons": problems,
-            }
-            return JSONResponse(body, 503)
-        return JSONResponse({"status": "ok", "worker_id": ctx.worker_id, "master": master})
+            return JSONResponse({"status": "unavailable", **body, "reasons": problems}, 503)
+        return JSONResponse({"status": "ok", **body})
 
     async def post_request(request: Request) -> Response:
         arrived = time.monotonic()
@@ -256,6 +262,7 @@ def build_app(ctx: WorkerContext) -> Starlette:
             Route("/api/jobs/{id}", get_job, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
+            *(extra_routes or []),
         ],
         exception_handlers={
             ApiError: api_error,
@@ -267,11 +274,16 @@ def build_app(ctx: WorkerContext) -> Starlette:
     return app
 
 
+ROUTES = frozenset(
+    {"/api/requests", "/api/jobs", "/healthz", "/metrics", "/openapi.json", *ADMIN_PATHS}
+)
+
+
 def route_label(path: str) -> str:
     for prefix in ("/api/requests/", "/api/jobs/"):
         if path.startswith(prefix):
             return prefix + "{id}"
-    if path in ("/api/requests", "/api/jobs", "/healthz", "/metrics", "/openapi.json"):
+    if path in ROUTES:
         return path
     return "other"
 

@@ -38,3 +38,27 @@ MASTER_REQUEUED = Counter(
 )
 MASTER_IN_FLIGHT = Gauge("clusterkit_master_jobs_in_flight", "Jobs dispatched and not yet acked")
 MASTER_QUEUE_DEPTH = Gauge("clusterkit_master_queue_depth", "Jobs waiting in the Redis queue")
+
+BROADCAST_SENT = Counter(
+    "clusterkit_broadcast_sent_total", "Broadcast messages published by this process", ["kind"]
+)
+BROADCAST_RECEIVED = Counter(
+    "clusterkit_broadcast_received_total",
+    "Broadcast messages accepted (verified, fresh, first seen) by this process",
+    ["kind"],
+)
+BROADCAST_DROPPED = Counter(
+    "clusterkit_broadcast_dropped_total",
+    "Broadcast messages dropped unread (never acted on)",
+    ["reason"],
+)  # reason: see broadcast.REASONS
+BROADCAST_HANDLER_ERRORS = Counter(
+    "clusterkit_broadcast_handler_errors_total", "Broadcast handlers that raised", ["kind"]
+)
+BROADCAST_SUBSCRIBED = Gauge(
+    "clusterkit_broadcast_subscribed", "1 while subscribed to the broadcast channel"
+)
+BROADCAST_SUBSCRIPTIONS = Counter(
+    "clusterkit_broadcast_subscriptions_total",
+    "Subscriptions confirmed by Redis (the first one, then one per reconnect)",
+)

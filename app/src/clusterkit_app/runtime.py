@@ -14,9 +14,11 @@ from typing import Any
 import uvicorn
 
 from . import metrics
+from .admin_api import admin_routes
+from .broadcast_channel import BroadcastChannel
 from .config import Config
 from .etcd import EtcdClient, EtcdError
-from .http_api import InFlightMiddleware, build_app
+from .http_api import InFlightMiddleware, build_app, read_json_object
 from .lease import LeaseKeeper, LockHeld, acquire_lock
 from .master import Master, grpc_server
 from .store import Documents, JobQueue, make_redis
@@ -78,6 +80,20 @@ async def _acquire(config: Config, etcd: EtcdClient) -> LeaseKeeper:
             await asyncio.sleep(1.0)
 
 
+def broadcast_channel(
+    config: Config, redis: Any, master_id: str | None, info: Any = None
+) -> BroadcastChannel:
+    """The process's end of the broadcast channel: a worker (and standalone) speaks as its
+    WORKER_ID, a master as master:<host>:<pid>."""
+    if config.mode == "master":
+        sender, role = f"master:{master_id}", "master"
+    else:
+        sender, role = config.worker_id, config.mode
+    return BroadcastChannel(
+        redis, config.grpc_token, config.node_id, sender, role, db=config.redis_db, info=info
+    )
+
+
 async def run(config: Config) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -100,6 +116,7 @@ async def run(config: Config) -> int:
     master: Master | None = None
     grpc_srv = None
     worker: Worker | None = None
+    channel: BroadcastChannel | None = None
     inflight_mw: InFlightMiddleware | None = None
     servers: list[_Server] = []
     watched: list[asyncio.Task[Any]] = []
@@ -141,6 +158,8 @@ async def run(config: Config) -> int:
             watched.append(asyncio.create_task(lock.lost.wait(), name="lock-lost"))
             background.append(asyncio.create_task(master.dispatch_loop(), name="dispatch"))
             background.append(asyncio.create_task(master.sweep_loop(), name="sweep"))
+            if config.mode == "master":
+                channel = broadcast_channel(config, redis, master.master_id)
             log.info(
                 "master for NODE_ID=%s: gRPC on %s:%d, health on %d",
                 config.node_id,
@@ -157,7 +176,15 @@ async def run(config: Config) -> int:
                 config.request_write_concern,
             )
             worker = Worker(config, jobs, docs, etcd)
-            inflight_mw = InFlightMiddleware(build_app(worker))
+            w = worker
+            channel = broadcast_channel(config, redis, None, info=lambda: {"draining": w.draining})
+            admin = admin_routes(
+                channel,
+                config.grpc_token if config.grpc_token_configured else None,
+                read_json_object,
+                config.max_body_bytes,
+            )
+            inflight_mw = InFlightMiddleware(build_app(worker, admin, channel.subscribed.is_set))
             http = _http_server(
                 inflight_mw, config.bind_address, config.server_port, config.drain_timeout_s
             )
@@ -172,6 +199,9 @@ async def run(config: Config) -> int:
                 config.server_port,
                 config.master_target,
             )
+
+        if channel is not None:
+            background.append(asyncio.create_task(channel.run(), name="broadcast"))
 
         stop_task = asyncio.create_task(stop.wait(), name="stop")
         done, _ = await asyncio.wait([stop_task, *watched], return_when=asyncio.FIRST_COMPLETED)
