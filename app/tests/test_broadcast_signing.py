@@ -82,20 +82,32 @@ def forge(body: object) -> str:
     return f"ck1.{mac}.{raw}"
 
 
+def fields(**changed: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "id": "0" * 32,
+        "kind": "x",
+        "from": "w",
+        "node": "n1",
+        "to": "*",
+        "ts": 1,
+        "payload": {},
+    }
+    return {k: v for k, v in {**base, **changed}.items() if v is not None}
+
+
 @pytest.mark.parametrize(
     "body",
     [
         "{not json",
         "[1, 2]",
         {"kind": "x"},
-        {"id": "0" * 32, "kind": "x", "from": "w", "node": "n1", "to": "*", "ts": "1"},
-        {"id": "0" * 32, "kind": "x", "from": "w", "node": "n1", "to": "*", "ts": True,
-         "payload": {}},  # fmt: skip
-        {"id": "short", "kind": "x", "from": "w", "node": "n1", "to": "*", "ts": 1, "payload": {}},
-        {"id": "0" * 32, "kind": "BAD KIND", "from": "w", "node": "n1", "to": "*", "ts": 1,
-         "payload": {}},  # fmt: skip
-        {"id": "0" * 32, "kind": "x", "from": "w", "node": "n1", "to": "*", "ts": 1,
-         "payload": []},  # fmt: skip
+        fields(payload=None),
+        fields(ts="1"),
+        fields(ts=True),
+        fields(id="short"),
+        fields(kind="BAD KIND"),
+        fields(payload=[]),
+        fields(**{"from": "bad sender"}),
     ],
 )
 def test_signed_but_malformed_body_is_bad_json(body: object) -> None:
