@@ -23,6 +23,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+_KIND = {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"}
+_ADMIN_ERRORS = {"401": _ERROR, "403": _ERROR, "422": _ERROR, "503": _ERROR}
 _ERRORS = {"400": _ERROR, "413": _ERROR, "415": _ERROR, "422": _ERROR, "503": _ERROR}
 
 OPENAPI: dict[str, Any] = {
@@ -148,6 +150,44 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/api/admin/broadcast": {
+            "get": {
+                "summary": "This worker's broadcast counts: received, sent, dropped",
+                "security": [{"serverToken": []}],
+                "responses": {"200": _json({"type": "object"}, "Counts"), **_ADMIN_ERRORS},
+            },
+            "post": {
+                "summary": "Publish a signed message of a kind to every worker and the master",
+                "security": [{"serverToken": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["kind"],
+                                "properties": {"kind": _KIND, "payload": {"type": "object"}},
+                            }
+                        }
+                    },
+                },
+                "responses": {"202": _json({"type": "object"}, "Published"), **_ADMIN_ERRORS},
+            },
+        },
+        "/api/admin/rollcall": {
+            "post": {
+                "summary": "Ask every live process to answer; the ids that answered in time",
+                "security": [{"serverToken": []}],
+                "parameters": [
+                    {
+                        "name": "timeout",
+                        "in": "query",
+                        "schema": {"type": "number", "minimum": 0.05, "maximum": 10, "default": 1},
+                    }
+                ],
+                "responses": {"200": _json({"type": "object"}, "Answers"), **_ADMIN_ERRORS},
+            }
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",
@@ -156,5 +196,10 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+    },
+    "components": {
+        "securitySchemes": {
+            "serverToken": {"type": "http", "scheme": "bearer", "description": "GRPC_TOKEN"}
+        }
     },
 }
