@@ -6,12 +6,14 @@
 # state) and its behaviour under faults (tests/chaos), then every Molecule scenario (two at
 # a time) and beside them the pyinfra engine on fresh hosts: its deploy, a rerun that changes
 # nothing, `ansible-playbook site.yml --check` reporting changed=0 on the hosts pyinfra
-# deployed (both engines reach the same state), and the smoke tests.
+# deployed (both engines reach the same state), and the smoke tests; then the one-host profile
+# (inventory/standalone): deploy, rerun with changed=0, smoke tests.
 #
 # Each stage's log goes to logs/<stage>.log; at the end a table of every stage's duration
 # is printed and written to logs/timings.json (name, seconds, status, start offset).
 #
 #   CLUSTERKIT_INVENTORY   the lab inventory to deploy and test (default inventory/lab)
+#   CLUSTERKIT_STANDALONE_INVENTORY  the one-host profile's lab (default inventory/standalone)
 #   MOLECULE_JOBS          Molecule scenarios run side by side (default 2)
 #   LAB_TEST_JOBS          pytest-xdist workers for the read-only lab tests (default 2)
 #   UNIT_TEST_JOBS         pytest-xdist workers for tests/unit (default 2)
@@ -21,6 +23,7 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
 INVENTORY=${CLUSTERKIT_INVENTORY:-inventory/lab}
+STANDALONE=${CLUSTERKIT_STANDALONE_INVENTORY:-inventory/standalone}
 export CLUSTERKIT_INVENTORY=$INVENTORY
 # Testinfra's ansible:// hosts and every ansible-playbook below use the same inventory.
 export ANSIBLE_INVENTORY=$INVENTORY
@@ -153,6 +156,21 @@ else
   stage pyinfra-ansible-check bash scripts/check-idempotence.sh --check -i "$INVENTORY"
   stage pyinfra-smoke python -m pytest tests/lab -q -m smoke -n "$LAB_TEST_JOBS" --dist loadfile
 fi
+
+# -- the one-host profile (inventory/standalone), still beside the Molecule scenarios --------
+# One container on a network of its own: the whole stack on one host, deployed, rerun with
+# changed=0, smoke-tested, removed.
+standalone_tests() {
+  CLUSTERKIT_INVENTORY=$STANDALONE ANSIBLE_INVENTORY=$STANDALONE "$@"
+}
+stage standalone-deploy ansible-playbook -i "$STANDALONE" site.yml
+if failed_stage standalone-deploy; then
+  for name in standalone-idempotence standalone-smoke; do skip "$name" "standalone deploy failed"; done
+else
+  stage standalone-idempotence bash scripts/check-idempotence.sh -i "$STANDALONE"
+  stage standalone-smoke standalone_tests python -m pytest tests/lab -q -m smoke
+fi
+stage standalone-teardown ansible-playbook -i "$STANDALONE" playbooks/teardown.yml
 wait "$molecule_pid"
 
 echo

@@ -20,7 +20,10 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("inventory", ["inventory/lab", "inventory/example"])
+INVENTORIES = ["inventory/lab", "inventory/example", "inventory/standalone"]
+
+
+@pytest.mark.parametrize("inventory", INVENTORIES)
 def test_inventory_graph_has_every_group(inventory: str) -> None:
     result = run("ansible-inventory", "-i", inventory, "--graph")
     assert result.returncode == 0, result.stderr
@@ -36,14 +39,15 @@ def test_lab_inventory_puts_every_host_in_group_lab() -> None:
 
 
 @pytest.mark.parametrize("playbook", ["site.yml", "playbooks/teardown.yml"])
-@pytest.mark.parametrize("inventory", ["inventory/lab", "inventory/example"])
+@pytest.mark.parametrize("inventory", INVENTORIES)
 def test_playbooks_pass_syntax_check(inventory: str, playbook: str) -> None:
     result = run("ansible-playbook", "-i", inventory, playbook, "--syntax-check")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_preflight_accepts_the_example_inventory() -> None:
-    result = run("ansible-playbook", "-i", "inventory/example", "playbooks/preflight.yml")
+@pytest.mark.parametrize("inventory", ["inventory/example", "inventory/standalone"])
+def test_preflight_accepts_the_shipped_inventories(inventory: str) -> None:
+    result = run("ansible-playbook", "-i", inventory, "playbooks/preflight.yml")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -114,6 +118,14 @@ def with_lb_vars(**values: object) -> dict:
 def without_vip() -> dict:
     inv = example()
     del inv["all"]["children"]["lb"]["vars"]
+    return inv
+
+
+def standalone_with_second_redis_host() -> dict:
+    inv = yaml.safe_load((ROOT / "inventory/standalone/hosts.yml").read_text())
+    children = inv["all"]["children"]
+    children["lab"]["hosts"]["solo2"] = {"ansible_host": "solo2", "clusterkit_address": "10.78.0.11"}
+    children["redis"]["hosts"]["solo2"] = None
     return inv
 
 
@@ -235,6 +247,18 @@ BAD = {
     "router-id-out-of-range": (
         with_lb_vars(keepalived_virtual_router_id=300),
         "Duplicate keepalived_virtual_router_id 300",
+    ),
+    "unknown-profile": (
+        with_vars(clusterkit_profile="solo"),
+        "clusterkit_profile=solo is not a profile: use `cluster` (the default) or `standalone`",
+    ),
+    "standalone-on-a-cluster": (
+        with_vars(clusterkit_profile="standalone"),
+        "clusterkit_profile=standalone needs exactly one host, in every group",
+    ),
+    "standalone-second-host": (
+        standalone_with_second_redis_host(),
+        "this inventory has hosts solo, solo2 and lb=solo, redis=solo+solo2, mongodb=solo",
     ),
     "secrets-dir-is-a-file": (
         with_vars(clusterkit_secrets_dir="{{ inventory_dir }}/hosts.yml"),
