@@ -124,7 +124,7 @@ def without_vip() -> dict:
 def standalone_with_second_redis_host() -> dict:
     inv = yaml.safe_load((ROOT / "inventory/standalone/hosts.yml").read_text())
     children = inv["all"]["children"]
-    children["lab"]["hosts"]["solo2"] = {"ansible_host": "solo2", "clusterkit_address": "10.78.0.11"}
+    children["lab"]["hosts"]["solo2"] = {"clusterkit_address": "10.78.0.11"}
     children["redis"]["hosts"]["solo2"] = None
     return inv
 
