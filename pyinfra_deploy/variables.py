@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from functools import cache
 from pathlib import Path
@@ -42,11 +43,18 @@ def inventory_path() -> Path:
     return Path(os.environ.get("CLUSTERKIT_INVENTORY", ROOT / "inventory" / "lab")).resolve()
 
 
+def tool(name: str) -> Path | str:
+    """A command next to the running interpreter (a venv's bin/), else `name` from PATH."""
+    beside = Path(sys.executable).parent / name
+    return beside if beside.exists() else name
+
+
 @cache
 def ansible_inventory(path: Path) -> dict[str, Any]:
     """`ansible-inventory --list` of an inventory (groups, host variables, not templated)."""
     out = subprocess.run(
-        ["ansible-inventory", "-i", str(path), "--list"],
+        # The venv's tool beside the running interpreter, found without the venv on PATH.
+        [str(tool("ansible-inventory")), "-i", str(path), "--list"],
         cwd=ROOT,
         check=True,
         capture_output=True,

@@ -38,6 +38,10 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import _venv  # noqa: E402
+
+_venv.interpreter_bin_first()
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)", re.MULTILINE)
 # profile_tasks' summary lines: "role : task name ----- 1.23s"
 PROFILE = re.compile(r"^(.+?) -{2,} (\d+\.\d+)s$", re.MULTILINE)

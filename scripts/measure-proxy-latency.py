@@ -48,6 +48,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import _venv  # noqa: E402
+
+_venv.interpreter_bin_first()
 KINDS = {
     "post": ("POST", "/api/requests", json.dumps({"payload": {"probe": "latency"}}).encode(), 200),
     "get404": ("GET", "/api/latency-probe", None, 404),

@@ -25,6 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import _venv  # noqa: E402
+
+_venv.interpreter_bin_first()
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)", re.MULTILINE)
 PYINFRA_CHANGES = re.compile(r"^pyinfra: \d+ operations, (\d+) changes, (\d+) errors", re.MULTILINE)
 ENGINES = {

@@ -35,6 +35,10 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import _venv  # noqa: E402
+
+_venv.interpreter_bin_first()
 sys.path.insert(0, str(ROOT / "loadtests"))
 import _lab  # noqa: E402
 

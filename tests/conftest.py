@@ -12,6 +12,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "loadtests"))
+sys.path.insert(0, str(ROOT / "scripts"))
+# ansible-playbook, ansible-inventory and locust from the venv that runs pytest, also when the
+# venv is not on PATH (`.venv/bin/python -m pytest`).
+import _venv  # noqa: E402
+
+_venv.interpreter_bin_first()
 
 # Where clients reach the deployed front end and HAProxy's stats (LOCUST_HOST and
 # CLUSTERKIT_STATS_URL win; then the LBs' virtual address when its lab network exists here;
