@@ -44,6 +44,7 @@ def render(**overrides) -> str:
         haproxy_stats_password="not-used-by-the-template",
         haproxy_stats_password_hash=HASH,
         haproxy_idle_close=True,
+        haproxy_legacy_servers=[],
     )
     variables.update(overrides)
     return env.get_template("haproxy.cfg.j2").render(**variables)
@@ -260,3 +261,162 @@ def test_stats_answer_on_the_virtual_address_with_transparent() -> None:
         ["bind", "127.0.0.1:8404"],
         ["bind", "10.77.0.100:8404", "transparent"],
     ]
+
+
+# -- moving traffic from legacy servers (haproxy_legacy_backends) ---------------------------
+
+LEGACY = [{"name": "legacy1", "address": "127.0.0.1", "port": 9100}]
+
+
+def derived(**overrides: object):
+    """The role's defaults and vars as Ansible's own Templar resolves them (vars/ over the
+    inventory, like a play)."""
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar, trust_as_template
+
+    from tests.unit._render import trusted
+
+    variables = {**trusted(DEFAULTS), **overrides, **trusted(ROLE_VARS)}
+    templar = Templar(loader=DataLoader(), variables=variables)
+    return lambda name: templar.template(trust_as_template("{{ " + name + " }}"))
+
+
+def shifted(percent: int = 0, **overrides) -> str:
+    return render(haproxy_legacy_servers=LEGACY, haproxy_traffic_shift_percent=percent, **overrides)
+
+
+def test_without_legacy_servers_the_config_is_the_one_before_the_feature() -> None:
+    """Byte for byte what the template rendered before haproxy_legacy_backends existed: the
+    template as of the commit that added it, without its additions, renders the same text."""
+    text = render()
+    assert "abns@" not in text
+    assert "api_split" not in text
+    assert "\nbackend legacy" not in text
+    assert directives(sections(text)["frontend api"], "default_backend") == [["app_workers"]]
+    assert derived()("haproxy_legacy_servers") == []
+    source = (TEMPLATES / "haproxy.cfg.j2").read_text()
+    start = source.index("{% if haproxy_legacy_servers | length > 0 %}\n#   backend")
+    header_end = source.index("{% endif %}\n", start) + len("{% endif %}\n")
+    before = source[:start] + source[header_end:]
+    before = before.replace(
+        "default_backend {{ haproxy_split_backend_name if haproxy_legacy_servers | length > 0 "
+        "else haproxy_backend_name }}",
+        "default_backend {{ haproxy_backend_name }}",
+    )
+    start = before.index("{% if haproxy_legacy_servers | length > 0 %}\n{%   set _new")
+    end = before.index("{% endif %}\n{% if haproxy_stats_enabled", start) + len("{% endif %}\n")
+    before = before[:start] + before[end:]
+    assert "legacy" not in before
+    env = environment(TEMPLATES)
+    variables = dict(DEFAULTS)
+    variables.update(
+        ansible_managed="Ansible managed",
+        haproxy_api_bind_addresses=["10.77.0.10", "127.0.0.1"],
+        haproxy_stats_bind_addresses=["10.77.0.10", "127.0.0.1"],
+        haproxy_stats_virtual_addresses=[],
+        haproxy_backend_servers=SERVERS,
+        haproxy_stats_password_hash=HASH,
+        haproxy_idle_close=True,
+    )
+    assert env.from_string(before).render(**variables) == text
+
+
+def test_legacy_backends_are_normalised_from_dicts_and_strings() -> None:
+    get = derived(
+        haproxy_legacy_backends=[
+            {"name": "legacy1", "address": "10.0.0.5", "port": 8080},
+            {"address": "10.0.0.6", "port": "8081"},
+            "old-api.example.org:80",
+            "[fd00::7]:8082",
+            "no-port",
+        ]
+    )
+    assert get("haproxy_legacy_servers") == [
+        {"name": "legacy1", "address": "10.0.0.5", "port": 8080},
+        {"name": "10.0.0.6-8081", "address": "10.0.0.6", "port": 8081},
+        {"name": "old-api.example.org-80", "address": "old-api.example.org", "port": 80},
+        {"name": "fd00::7-8082", "address": "fd00::7", "port": 8082},
+        {"name": "no-port-", "address": "no-port", "port": ""},
+    ]
+
+
+def test_api_frontend_goes_to_the_split_backend_when_legacy_servers_are_set() -> None:
+    parsed = sections(shifted())
+    assert directives(parsed["frontend api"], "default_backend") == [["api_split"]]
+    assert list(parsed) == [
+        "global",
+        "defaults",
+        "frontend api",
+        "backend app_workers",
+        "backend api_split",
+        "frontend api_split_new",
+        "frontend api_split_legacy",
+        "backend legacy",
+        "userlist stats_users",
+        "frontend stats",
+    ]
+    # The workers' backend is the one without a shift: same lines.
+    assert parsed["backend app_workers"] == sections(render())["backend app_workers"]
+
+
+@pytest.mark.parametrize(("percent", "new", "legacy"), [(0, 0, 100), (10, 10, 90), (100, 100, 0)])
+def test_split_backend_weights_are_the_shares(percent: int, new: int, legacy: int) -> None:
+    split = sections(shifted(percent))["backend api_split"]
+    assert split == [
+        ["balance", "roundrobin"],
+        ["server", "new", "abns@clusterkit-api_split-new", "weight", str(new)],
+        ["server", "legacy", "abns@clusterkit-api_split-legacy", "weight", str(legacy)],
+    ]
+
+
+def test_internal_listeners_front_each_side_over_abstract_sockets() -> None:
+    parsed = sections(shifted(10))
+    assert parsed["frontend api_split_new"] == [
+        ["bind", "abns@clusterkit-api_split-new"],
+        ["default_backend", "app_workers"],
+    ]
+    assert parsed["frontend api_split_legacy"] == [
+        ["bind", "abns@clusterkit-api_split-legacy"],
+        ["default_backend", "legacy"],
+    ]
+
+
+def test_legacy_backend_has_its_own_check_tcp_by_default() -> None:
+    tcp = sections(shifted())["backend legacy"]
+    assert [" ".join(words) for words in tcp] == [
+        "balance leastconn",
+        "default-server check inter 2s fastinter 500ms downinter 2s fall 2 rise 2 "
+        "observe layer4 error-limit 1 on-error mark-down",
+        "server legacy1 127.0.0.1:9100",
+    ]
+    http = sections(shifted(haproxy_legacy_health_check_path="/status"))["backend legacy"]
+    assert directives(http, "option") == [["httpchk"]]
+    assert directives(http, "http-check") == [
+        ["send", "meth", "GET", "uri", "/status"],
+        ["expect", "status", "200"],
+    ]
+
+
+def test_shift_names_follow_their_variables() -> None:
+    parsed = sections(
+        shifted(50, haproxy_split_backend_name="split", haproxy_legacy_backend_name="old_api")
+    )
+    assert directives(parsed["frontend api"], "default_backend") == [["split"]]
+    assert directives(parsed["frontend split_legacy"], "default_backend") == [["old_api"]]
+    assert "backend old_api" in parsed
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="no haproxy binary on the controller")
+@pytest.mark.parametrize("percent", [0, 10, 100])
+def test_haproxy_accepts_the_shifted_file(tmp_path: Path, percent: int) -> None:
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(
+        shifted(
+            percent,
+            haproxy_legacy_health_check_path="/healthz",
+            haproxy_runtime_socket=str(tmp_path / "admin.sock"),
+            haproxy_server_state_file="",
+        )
+    )
+    result = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
