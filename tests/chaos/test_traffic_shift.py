@@ -243,6 +243,21 @@ def legacy_front_ends(tmp_path: Path, lbs: list[str]) -> Iterator[None]:
                     set_workers([lb], "ready")
         deploy_front_ends(tmp_path, {})
         stop_standins(lbs)
+        # The state file and the watch's file as a lab that never shifted has them: the reload
+        # saved the split backend's servers just before they went away.
+        for lb in lbs:
+            if running(lb):
+                state = setting(lb, "haproxy_server_state_file")
+                watch = (
+                    Path(setting(lb, "haproxy_runtime_socket")).parent / "clusterkit-shift-watch"
+                )
+                on(
+                    lb,
+                    f"rm -f {watch}; umask 027; echo 'show servers state' | socat -t 5 stdio "
+                    f"UNIX-CONNECT:{setting(lb, 'haproxy_runtime_socket')} > {state}.new "
+                    f"&& mv {state}.new {state}",
+                    check=False,
+                )
 
 
 # -- the scenario -----------------------------------------------------------------------------
