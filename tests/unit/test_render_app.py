@@ -29,6 +29,7 @@ def render(name: str, **variables: object) -> str:
 
 
 UNIT_VARS = {
+    "app_install_method": "pip",
     "app_node_id": "node1",
     "app_user": "clusterkit",
     "app_group": "clusterkit",
@@ -83,7 +84,11 @@ NASTY = {
 
 def test_environment_file_lines_are_quoted_assignments() -> None:
     text = render(
-        "environment.j2", app_env_description="test", app_env_vars=NASTY, app_group="clusterkit"
+        "environment.j2",
+        app_env_description="test",
+        app_env_vars=NASTY,
+        app_group="clusterkit",
+        app_install_method="pip",
     )
     assert text.startswith("#\n# Ansible managed\n#\n")
     assignments = [line for line in text.splitlines() if not line.startswith("#")]
@@ -99,7 +104,11 @@ def test_environment_file_reads_back_exactly_in_a_posix_shell(tmp_path: Path) ->
     path = tmp_path / "app.env"
     path.write_text(
         render(
-            "environment.j2", app_env_description="t", app_env_vars=NASTY, app_group="clusterkit"
+            "environment.j2",
+            app_env_description="t",
+            app_env_vars=NASTY,
+            app_group="clusterkit",
+            app_install_method="pip",
         )
     )
     # Exactly what the role's `validate:` does before the app's check-config runs.
@@ -116,6 +125,37 @@ def test_environment_file_reads_back_exactly_in_a_posix_shell(tmp_path: Path) ->
     env = json.loads(out)
     expected = {k: "" if v is None else str(v) for k, v in NASTY.items()}
     assert {k: env[k] for k in expected} == expected
+
+
+def podman_env_file(text: str) -> dict[str, str]:
+    """How podman 4 reads --env-file: comments and blank lines skipped, NAME=value with the
+    value taken literally after the first '=' (no quotes, no escapes)."""
+    out = {}
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        assert sep, line
+        out[name.lstrip()] = value
+    return out
+
+
+def test_environment_file_for_podman_reads_back_exactly() -> None:
+    values = {k: v for k, v in NASTY.items()}
+    text = render(
+        "environment.j2",
+        app_env_description="t",
+        app_env_vars=values,
+        app_group="clusterkit",
+        app_install_method="image",
+    )
+    assert text.startswith("#\n# Ansible managed\n#\n")
+    assert "--env-file" in text
+    assignments = [line for line in text.splitlines() if not line.startswith("#")]
+    names = [line.split("=", 1)[0] for line in assignments]
+    assert names == sorted(NASTY)
+    expected = {k: "" if v is None else str(v) for k, v in NASTY.items()}
+    assert podman_env_file(text) == expected
 
 
 # -- systemd units --------------------------------------------------------------------------
@@ -156,6 +196,75 @@ def test_worker_unit_is_a_template_ordered_after_the_master() -> None:
     assert values(unit, "Service", "Restart") == ["on-failure"]
     assert values(unit, "Service", "TimeoutStopSec") == ["45"]
     assert values(unit, "Install", "WantedBy") == ["clusterkit-app.target"]
+
+
+IMAGE_VARS = {
+    **UNIT_VARS,
+    "app_install_method": "image",
+    "app_podman": "/usr/bin/podman",
+    "app_image_refs": {"master": "clusterkit/app:k-master", "worker": "clusterkit/app:k-worker"},
+    "app_image_unit_args": [],
+}
+
+
+def exec_start(unit: dict[str, list[tuple[str, str]]]) -> list[str]:
+    """ExecStart's words, with systemd's line continuations joined."""
+    (line,) = values(unit, "Service", "ExecStart")
+    return line.split()
+
+
+def parse_continued(text: str) -> dict[str, list[tuple[str, str]]]:
+    return parse_unit(re.sub(r"\\\n\s*", " ", text))
+
+
+@pytest.mark.parametrize(
+    ("template", "component", "env_file", "timeout"),
+    [
+        ("clusterkit-master.service.j2", "master", "master.env", "30"),
+        ("clusterkit-worker@.service.j2", "worker", "worker.env", "45"),
+    ],
+)
+def test_units_run_the_image_with_podman(
+    template: str, component: str, env_file: str, timeout: str
+) -> None:
+    unit = parse_continued(render(template, **IMAGE_VARS))
+    words = exec_start(unit)
+    assert words[:3] == ["/usr/bin/podman", "run", "--rm"]
+    assert words[-1] == f"clusterkit/app:k-{component}"
+    joined = " ".join(words)
+    for option in ("--network host", "--uts host", "--read-only", "--replace", "--log-driver none"):
+        assert option in joined
+    assert f"--stop-timeout {timeout}" in joined
+    assert f"--env-file /etc/clusterkit/app.env --env-file /etc/clusterkit/{env_file}" in joined
+    assert ("--env SERVER_PORT=%i" in joined) == (component == "worker")
+    assert "--no-healthcheck" not in words
+    # podman runs as root, the image as its own user; systemd reads no environment file.
+    assert not values(unit, "Service", "User")
+    assert not values(unit, "Service", "EnvironmentFile")
+    assert not values(unit, "Service", "Environment")
+    assert values(unit, "Service", "KillMode") == ["mixed"]
+    assert values(unit, "Service", "TimeoutStopSec") == [timeout]
+    assert values(unit, "Service", "Restart") == ["on-failure"]
+    assert values(unit, "Service", "RestartPreventExitStatus") == ["2"]
+    assert values(unit, "Install", "WantedBy") == ["clusterkit-app.target"]
+
+
+def test_image_unit_passes_extra_podman_arguments_before_the_image() -> None:
+    variables = {**IMAGE_VARS, "app_image_unit_args": ["--no-healthcheck", "--memory", "512m"]}
+    words = exec_start(parse_continued(render("clusterkit-worker@.service.j2", **variables)))
+    assert words[-4:] == ["--no-healthcheck", "--memory", "512m", "clusterkit/app:k-worker"]
+
+
+def test_podman_settings_for_container_hosts() -> None:
+    import tomllib
+
+    containers = tomllib.loads(render("podman-containers.conf.j2"))
+    assert containers == {
+        "containers": {"keyring": False, "default_sysctls": []},
+        "engine": {"cgroup_manager": "cgroupfs", "events_logger": "file", "no_pivot_root": True},
+    }
+    storage = tomllib.loads(render("podman-storage.conf.j2"))
+    assert storage["storage"]["driver"] == "vfs"
 
 
 def test_target_unit_starts_with_the_system() -> None:
@@ -269,3 +378,38 @@ def test_workers_per_host_sets_the_ports_and_zero_removes_all() -> None:
     assert derived("app2", app_workers_per_host=4)("app_worker_ports") == [8180, 8181, 8182, 8183]
     assert derived("app2", app_workers_per_host=0)("app_worker_ports") == []
     assert derived("data1")("app_worker_ports") == []  # not in group app_workers
+
+
+def test_image_method_validates_with_the_image_and_turns_the_healthcheck_off_in_containers() -> (
+    None
+):
+    get = derived(
+        "app1", app_install_method="image", app_image_key="abc", app_podman_container_host=True
+    )
+    assert get("app_image_refs") == {
+        "master": "clusterkit/app:abc-master",
+        "worker": "clusterkit/app:abc-worker",
+    }
+    assert get("app_image_unit_args") == ["--no-healthcheck"]
+    check = get("app_env_validate")
+    assert "/usr/bin/podman run --rm --network none --read-only" in check
+    assert check.endswith("sh clusterkit/app:abc-worker  %s")  # no file loaded before
+    assert derived("app1", app_install_method="image")("app_image_unit_args") == []
+    pip = derived("app1")("app_env_validate")
+    assert pip.startswith("/usr/bin/env -i PATH=")
+    assert pip.endswith("exec /opt/clusterkit/app/venv/bin/clusterkit-app check-config' sh  %s")
+
+
+def test_defaults_argument_spec_and_readme_list_the_same_variables() -> None:
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    options = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"][
+        "main"
+    ]["options"]
+    readme = (ROLE / "README.md").read_text()
+    table = readme.split("## Role Variables", 1)[1].split("\n## ", 1)[0].split("Derived", 1)[0]
+    documented = set(re.findall(r"`(app_[a-z_]+)`", table)) - {"app_master", "app_workers"}
+    assert set(defaults) == set(options) == documented
+    for name, option in options.items():
+        if "default" in option:
+            assert option["default"] == defaults[name], name
+    assert options["app_install_method"]["choices"] == ["pip", "image", "none"]

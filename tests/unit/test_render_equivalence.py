@@ -54,6 +54,8 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
         "app2",
         {"app_env_description": "w", "app_env_vars": {"A": 'x"$`\\y', "B": None, "C": 3}},
     ),
+    ("app/podman-containers.conf.j2", "app1", {}),
+    ("app/podman-storage.conf.j2", "app1", {}),
     ("common/limits.conf.j2", "data1", {}),
     ("common/sysctl.conf.j2", "data1", {}),
     (
