@@ -24,6 +24,8 @@ from pyinfra_deploy.variables import world  # noqa: E402
 
 v = world()[host.data.inventory_hostname]
 groups = set(v["group_names"])
+if groups & {"app_master", "app_workers"}:
+    roles.app_refuse_unsupported(v)
 
 roles.common(v)
 roles.firewall(v)

@@ -626,7 +626,17 @@ def etcd(v: Vars) -> None:
 # ---------------------------------------------------------------------------------- app
 
 
+def app_refuse_unsupported(v: Vars) -> None:
+    """Refuse what the pyinfra deploy does not implement, before any host changes."""
+    if v["app_install_method"] == "image":
+        raise RuntimeError(
+            f"{v.name}: app_install_method=image is not implemented by the pyinfra deploy: use "
+            "ansible-playbook for this inventory, or app_install_method: pip"
+        )
+
+
 def app(v: Vars) -> None:
+    app_refuse_unsupported(v)
     grp, usr, home, venv = v["app_group"], v["app_user"], v["app_home"], v["app_venv"]
     server.group(name="Create the app group", group=grp, system=True)
     server.user(
