@@ -413,3 +413,14 @@ def test_defaults_argument_spec_and_readme_list_the_same_variables() -> None:
         if "default" in option:
             assert option["default"] == defaults[name], name
     assert options["app_install_method"]["choices"] == ["pip", "image", "none"]
+
+
+def test_pyinfra_engine_refuses_the_image_method() -> None:
+    from pyinfra_deploy import roles
+
+    class Host(dict):
+        name = "app1"
+
+    with pytest.raises(RuntimeError, match="app_install_method=image is not implemented"):
+        roles.app_refuse_unsupported(Host(app_install_method="image"))
+    roles.app_refuse_unsupported(Host(app_install_method="pip"))
