@@ -237,6 +237,8 @@ def test_units_run_the_image_with_podman(
     assert f"--stop-timeout {timeout}" in joined
     assert f"--env-file /etc/clusterkit/app.env --env-file /etc/clusterkit/{env_file}" in joined
     assert ("--env SERVER_PORT=%i" in joined) == (component == "worker")
+    # The master's lock names its PID: a restarted master must see the old one dead.
+    assert ("--pid host" in joined) == (component == "master")
     assert "--no-healthcheck" not in words
     # podman runs as root, the image as its own user; systemd reads no environment file.
     assert not values(unit, "Service", "User")
