@@ -159,7 +159,7 @@ fi
 
 # -- the one-host profile (inventory/standalone), still beside the Molecule scenarios --------
 # One container on a network of its own: the whole stack on one host, deployed, rerun with
-# changed=0, smoke-tested, removed.
+# changed=0, smoke-tested; then switched to the app's container image and tested again; removed.
 standalone_tests() {
   CLUSTERKIT_INVENTORY=$STANDALONE ANSIBLE_INVENTORY=$STANDALONE "$@"
 }
@@ -169,6 +169,19 @@ if failed_stage standalone-deploy; then
 else
   stage standalone-idempotence bash scripts/check-idempotence.sh -i "$STANDALONE"
   stage standalone-smoke standalone_tests python -m pytest tests/lab -q -m smoke
+  # The same host switched to the app's container image (app_install_method: image, Podman):
+  # built on the controller, deployed, rerun with changed=0, the app tier's tests against it.
+  stage standalone-image-deploy ansible-playbook -i "$STANDALONE" site.yml -e app_install_method=image
+  if failed_stage standalone-image-deploy; then
+    for name in standalone-image-idempotence standalone-image-tests; do
+      skip "$name" "image deploy failed"
+    done
+  else
+    stage standalone-image-idempotence bash scripts/check-idempotence.sh -i "$STANDALONE" \
+      -e app_install_method=image
+    stage standalone-image-tests standalone_tests python -m pytest -q -m "not serial" \
+      tests/lab/test_app.py tests/lab/test_broadcast.py tests/lab/test_frontends.py
+  fi
 fi
 stage standalone-teardown ansible-playbook -i "$STANDALONE" playbooks/teardown.yml
 wait "$molecule_pid"

@@ -202,11 +202,22 @@ def test_post_request_on_every_worker(client: httpx.Client, url: str) -> None:
 
 
 @pytest.mark.smoke
-def test_workers_are_registered_in_etcd(master) -> None:
-    out = master.check_output(
-        "env -i PATH=/usr/bin:/bin sh -c 'set -a; . /etc/clusterkit/app.env; exec %s workers'",
-        APP,
+def app_cli(host, args: str) -> str:
+    """`clusterkit-app <args>` on host as its master unit runs the app: the venv's program with
+    app.env (app_install_method pip), or the master's image under Podman (image)."""
+    exec_start = host.check_output("systemctl show -p ExecStart --value clusterkit-master")
+    if "podman" in exec_start:
+        image = exec_start.split("argv[]=")[1].split(" ;")[0].split()[-1]
+        return host.check_output(
+            "podman run --rm --network host --env-file /etc/clusterkit/app.env %s %s", image, args
+        )
+    return host.check_output(
+        "env -i PATH=/usr/bin:/bin sh -c 'set -a; . /etc/clusterkit/app.env; exec %s %s'", APP, args
     )
+
+
+def test_workers_are_registered_in_etcd(master) -> None:
+    out = app_cli(master, "workers")
     keys = [json.loads(line)["key"] for line in out.splitlines() if line.strip()]
     assert sum("/workers/" in k for k in keys) == len(WORKERS), keys
     assert any(k.endswith("/master") for k in keys), keys
