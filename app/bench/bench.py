@@ -217,6 +217,18 @@ def median_of(runs: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(r[key] for r in runs))
 
 
+def report_header() -> dict[str, Any]:
+    """The machine and start time every benchmark report begins with."""
+    return {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="results/app-bench.json")
@@ -232,14 +244,7 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="clusterkit-bench-"))
     backends = Backends(workdir)
-    report: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    report: dict[str, Any] = report_header()
     try:
         dispatch = []
         for rep in range(args.reps):

@@ -15,8 +15,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import report_header  # bench/bench.py, beside this script
 from clusterkit_app.broadcast import Message
 from clusterkit_app.broadcast_channel import BroadcastChannel
 from clusterkit_app.devservers import RedisServer
@@ -134,12 +133,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="clusterkit-bcast-bench-"))
     redis = RedisServer(workdir)
     report: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **report_header(),
         "setup": "1 publisher process, N subscriber processes, one local redis-server",
         "results": [],
     }

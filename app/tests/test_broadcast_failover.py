@@ -17,7 +17,7 @@ from clusterkit_app.broadcast import Message
 from clusterkit_app.broadcast_channel import BroadcastChannel
 from clusterkit_app.config import load_config
 from clusterkit_app.devservers import RedisSentinelGroup, wait_until
-from clusterkit_app.store import make_redis
+from clusterkit_app.store import redis_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,16 +30,7 @@ def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinelGro
 
 
 def sentinel_client(group: RedisSentinelGroup) -> Any:
-    c = load_config({"NODE_ID": "n1", **group.env()})
-    return make_redis(
-        c.redis_host,
-        c.redis_port,
-        c.redis_password,
-        c.redis_db,
-        sentinels=c.redis_sentinels,
-        sentinel_master=c.redis_sentinel_master,
-        sentinel_password=c.redis_sentinel_password,
-    )
+    return redis_for(load_config({"NODE_ID": "n1", **group.env()}))
 
 
 async def until(predicate: Any, timeout: float, what: str) -> None:

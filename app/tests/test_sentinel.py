@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from clusterkit_app.config import load_config
 from clusterkit_app.devservers import RedisSentinelGroup
-from clusterkit_app.store import JobQueue, NotReplicatedError, make_redis
+from clusterkit_app.store import JobQueue, NotReplicatedError, make_redis, redis_for
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +27,7 @@ def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinelGro
 
 def queue_for(group: RedisSentinelGroup) -> JobQueue:
     config = load_config({"NODE_ID": "n1", **group.env()})
-    client = make_redis(
-        config.redis_host,
-        config.redis_port,
-        config.redis_password,
-        config.redis_db,
-        sentinels=config.redis_sentinels,
-        sentinel_master=config.redis_sentinel_master,
-        sentinel_password=config.redis_sentinel_password,
-    )
-    return JobQueue(client, config.redis_wait_replicas, 500)
+    return JobQueue(redis_for(config), config.redis_wait_replicas, 500)
 
 
 async def submit_through(

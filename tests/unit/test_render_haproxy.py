@@ -32,7 +32,8 @@ SERVERS = [
 HASH = "$6$0123456789abcdef$" + "x" * 86
 
 
-def render(**overrides) -> str:
+def render(source: str | None = None, **overrides) -> str:
+    """haproxy.cfg.j2 (or the template text `source`) with representative variables."""
     env = environment(TEMPLATES)
     variables = dict(DEFAULTS)
     variables.update(
@@ -47,7 +48,8 @@ def render(**overrides) -> str:
         haproxy_legacy_servers=[],
     )
     variables.update(overrides)
-    return env.get_template("haproxy.cfg.j2").render(**variables)
+    template = env.from_string(source) if source else env.get_template("haproxy.cfg.j2")
+    return template.render(**variables)
 
 
 def sections(text: str) -> dict[str, list[list[str]]]:
@@ -307,18 +309,7 @@ def test_without_legacy_servers_the_config_is_the_one_before_the_feature() -> No
     end = before.index("{% endif %}\n{% if haproxy_stats_enabled", start) + len("{% endif %}\n")
     before = before[:start] + before[end:]
     assert "legacy" not in before
-    env = environment(TEMPLATES)
-    variables = dict(DEFAULTS)
-    variables.update(
-        ansible_managed="Ansible managed",
-        haproxy_api_bind_addresses=["10.77.0.10", "127.0.0.1"],
-        haproxy_stats_bind_addresses=["10.77.0.10", "127.0.0.1"],
-        haproxy_stats_virtual_addresses=[],
-        haproxy_backend_servers=SERVERS,
-        haproxy_stats_password_hash=HASH,
-        haproxy_idle_close=True,
-    )
-    assert env.from_string(before).render(**variables) == text
+    assert render(before) == text
 
 
 def test_legacy_backends_are_normalised_from_dicts_and_strings() -> None:

@@ -21,7 +21,7 @@ from .etcd import EtcdClient, EtcdError
 from .http_api import InFlightMiddleware, build_app, read_json_object
 from .lease import LeaseKeeper, LockHeld, acquire_lock
 from .master import Master, grpc_server
-from .store import Documents, JobQueue, make_redis
+from .store import Documents, JobQueue, redis_for
 from .worker import Worker
 
 log = logging.getLogger("clusterkit_app")
@@ -101,15 +101,7 @@ async def run(config: Config) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     etcd = EtcdClient(config.etcd_endpoints, config.etcd_user, config.etcd_password)
-    redis = make_redis(
-        config.redis_host,
-        config.redis_port,
-        config.redis_password,
-        config.redis_db,
-        sentinels=config.redis_sentinels,
-        sentinel_master=config.redis_sentinel_master,
-        sentinel_password=config.redis_sentinel_password,
-    )
+    redis = redis_for(config)
     jobs = JobQueue(redis, config.redis_wait_replicas, config.redis_wait_timeout_ms)
     docs: Documents | None = None
     lock: LeaseKeeper | None = None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from pymongo import AsyncMongoClient
@@ -27,6 +27,9 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 QUEUE = "jobs:queue"
 INFLIGHT = "jobs:inflight"
@@ -185,6 +188,19 @@ def make_redis(
         password=password,
         db=db,
         **_POOL_OPTIONS,
+    )
+
+
+def redis_for(config: Config) -> aioredis.Redis:
+    """The Redis client the app's configuration names (single Redis, or Sentinels)."""
+    return make_redis(
+        config.redis_host,
+        config.redis_port,
+        config.redis_password,
+        config.redis_db,
+        sentinels=config.redis_sentinels,
+        sentinel_master=config.redis_sentinel_master,
+        sentinel_password=config.redis_sentinel_password,
     )
 
 
