@@ -56,6 +56,8 @@ stage() {
   else
     echo "    FAILED (${name}, ${seconds} s); last lines of ${log}:"
     tail -n 40 "$log" | sed 's/^/    | /'
+    # pytest's one-line verdicts and assertion lines, repeated at the end of the run
+    grep -E '^(FAILED|ERROR) |^E  |^fatal: |^failed: ' "$log" | cut -c1-300 | head -n 30 >"logs/${name}.failures" || true
     return 1
   fi
 }
@@ -190,6 +192,12 @@ echo
 python scripts/timings.py "$records" logs/timings.json "$run_start"
 failed=$(awk -F'\t' '$4 == "failed"' "$records" | cut -f1 | xargs)
 echo "failed stages: ${failed:-none}"
+for name in $failed; do
+  if [ -s "logs/${name}.failures" ]; then
+    echo "--- ${name}: what failed (logs/${name}.log)"
+    sed 's/^/    | /' "logs/${name}.failures"
+  fi
+done
 echo "stages: $(awk -F'\t' '$4 == "passed"' "$records" | wc -l) passed," \
   "$(awk -F'\t' '$4 == "failed"' "$records" | wc -l) failed," \
   "$(awk -F'\t' '$4 == "skipped"' "$records" | wc -l) skipped"
