@@ -24,6 +24,7 @@ from pyinfra_deploy.variables import world  # noqa: E402
 
 v = world()[host.data.inventory_hostname]
 groups = set(v["group_names"])
+roles.host_release(v)
 if groups & {"app_master", "app_workers"}:
     roles.app_refuse_unsupported(v)
 

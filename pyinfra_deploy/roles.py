@@ -169,6 +169,24 @@ def dropin(
 # ------------------------------------------------------------------------------- common
 
 
+def host_release(v: Vars) -> None:
+    """The host's distribution and release, as Ansible's facts name them (the roles' per-release
+    values are keyed by ansible_distribution_release); refused unless the common role supports
+    it, before any host changes (roles/common/tasks/preflight.yml)."""
+    out = host.get_fact(Command, '. /etc/os-release && echo "$ID $VERSION_CODENAME"').split()
+    os_id, release = (out + ["", ""])[:2]
+    distribution = {"debian": "Debian", "ubuntu": "Ubuntu"}.get(os_id, os_id.capitalize())
+    v.set("ansible_distribution", distribution)
+    v.set("ansible_distribution_release", release)
+    supported = v["common__supported_releases"]
+    if release not in supported.get(distribution, []):
+        names = "; ".join(f"{d} {', '.join(r)}" for d, r in supported.items())
+        raise RuntimeError(
+            f"{v.name} runs {distribution} {release}, which clusterkit does not support. "
+            f"Supported: {names} (docs/debian-releases.md)."
+        )
+
+
 def common(v: Vars) -> None:
     apt(list(v["common_packages"]), "Install base packages")
     sysctl = template(v, "common/sysctl.conf.j2", "/etc/sysctl.d/60-clusterkit.conf")

@@ -44,4 +44,10 @@ def lab_world(tmp_path_factory, name: str):
     shutil.copytree(
         ROOT / "inventory" / "lab", inventory, ignore=shutil.ignore_patterns(".secrets")
     )
-    return World(inventory)
+    world = World(inventory)
+    # The facts the deploy sets from each host (pyinfra_deploy.roles.host_release): the lab's
+    # release, not whatever a fact cache of an earlier run holds.
+    for host in world:
+        world[host].set("ansible_distribution", "Debian")
+        world[host].set("ansible_distribution_release", "bookworm")
+    return world
