@@ -132,6 +132,8 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
             "nginx_extra_http_config": "x 1;\ny 2;",
         },
     ),
+    # trixie's nginx 1.26: `http2 on;` instead of the `listen` parameter.
+    ("nginx/nginx.conf.j2", "lb1", {"nginx_tls_enabled": True, "nginx_http2_directive": True}),
     ("redis/auth.conf.j2", "data1", {}),
     ("redis/redis.conf.j2", "data1", {}),
     ("redis/redis.conf.j2", "data2", {"redis_sentinel_enabled": False}),
@@ -165,6 +167,11 @@ def both(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str, str]]
         ROOT / "inventory" / "lab", inventory, ignore=shutil.ignore_patterns(".secrets")
     )
     world = World(inventory)
+    # The facts the deploy sets from the host (pyinfra_deploy.roles.host_release): the lab
+    # runs bookworm; a trixie value is a case's own (e.g. nginx_http2_directive).
+    for name in world:
+        world[name].set("ansible_distribution", "Debian")
+        world[name].set("ansible_distribution_release", "bookworm")
     lab_defaults = {
         "lab_base_image": "clusterkit/debian-base:bookworm",
         "lab_debian_mirror": "http://deb.debian.org/debian",

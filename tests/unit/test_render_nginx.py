@@ -195,6 +195,25 @@ def test_tls_adds_an_https_server() -> None:
     api_location(tls)
 
 
+def test_http2_directive_for_nginx_1_25_and_later() -> None:
+    # trixie (nginx 1.26): `http2 on;` in the server, no `http2` on `listen`.
+    http = parse(render(nginx_tls_enabled=True, nginx_http2_directive=True)).one("http")
+    _, tls = http.all("server")
+    assert tls.values("listen") == [["443", "ssl", "default_server"]]
+    assert tls.one("http2").args == ["on"]
+    # bookworm (nginx 1.22) knows only the `listen` parameter.
+    http = parse(render(nginx_tls_enabled=True, nginx_http2_directive=False)).one("http")
+    _, tls = http.all("server")
+    assert tls.values("listen") == [["443", "ssl", "http2", "default_server"]]
+    assert tls.all("http2") == []
+
+
+def test_http2_form_per_release() -> None:
+    by_release = DEFAULTS["nginx_http2_directive_by_release"]
+    assert by_release["bookworm"] is False
+    assert by_release["trixie"] is True
+
+
 def test_tls_redirect_keeps_only_status_on_http() -> None:
     http = parse(render(nginx_tls_enabled=True, nginx_tls_redirect_http=True)).one("http")
     plain, tls = http.all("server")
