@@ -411,3 +411,17 @@ def test_haproxy_accepts_the_shifted_file(tmp_path: Path, percent: int) -> None:
     )
     result = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_stats_requests_stay_out_of_the_log_on_every_release() -> None:
+    # bookworm (HAProxy 2.6): `no log`.
+    stats = sections(render(haproxy_stats_log_off="no-log"))["frontend stats"]
+    assert ["no", "log"] in stats
+    assert not [w for w in directives(stats, "http-request") if w[0] == "set-log-level"]
+    # trixie (HAProxy 3.0 warns about `no log` under an inherited `option httplog`): the
+    # requests are logged at level silent, before any other rule.
+    stats = sections(render(haproxy_stats_log_off="silent"))["frontend stats"]
+    assert ["no", "log"] not in stats
+    assert directives(stats, "http-request")[0] == ["set-log-level", "silent"]
+    by_release = DEFAULTS["haproxy_stats_log_off_by_release"]
+    assert (by_release["bookworm"], by_release["trixie"]) == ("no-log", "silent")
