@@ -168,3 +168,41 @@ def test_real_etcd_rejects_bad_values(tmp_path: Path, overrides: dict) -> None:
     result = validate(render(**overrides), tmp_path, run=True)
     assert result.returncode == 1, result.stderr
     assert "etcd exited" in result.stderr
+
+
+def validate_for(version: str, text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """The validator (reading only) as it runs on a host whose etcd is `version`."""
+    fake = tmp_path / "etcd"
+    fake.write_text(f"#!/bin/sh\necho 'etcd Version: {version}'\n")
+    fake.chmod(0o755)
+    path = tmp_path / "etcd.conf.yml"
+    path.write_text(text)
+    env = {**os.environ, "ETCD_BIN": str(fake)}
+    args = [sys.executable, str(VALIDATOR), str(path), "--no-run"]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("version", "extra", "accepted"),
+    [
+        ("3.4.23", {}, True),  # bookworm
+        ("3.5.16", {}, True),  # trixie
+        ("3.4.23", {"log-output": "default"}, True),
+        ("3.5.16", {"log-output": "default"}, False),  # removed in 3.5
+        ("3.5.16", {"socket-reuse-port": True}, True),
+        ("3.4.23", {"socket-reuse-port": True}, False),  # new in 3.5
+    ],
+)
+def test_validator_knows_the_settings_of_the_installed_series(
+    tmp_path: Path, version: str, extra: dict, accepted: bool
+) -> None:
+    result = validate_for(version, render(etcd_extra_config=extra), tmp_path)
+    assert (result.returncode == 0) is accepted, result.stderr
+    if not accepted:
+        assert f"unknown setting(s) for etcd {version[:3]}" in result.stderr
+
+
+def test_validator_refuses_a_series_it_does_not_know(tmp_path: Path) -> None:
+    result = validate_for("3.6.1", render(), tmp_path)
+    assert result.returncode == 1
+    assert "etcd 3.6 is not a release this check knows" in result.stderr
