@@ -20,19 +20,30 @@ from pyinfra.api.exceptions import OperationError
 Command = StringCommand | FileUploadCommand | FunctionCommand
 
 
+def escalation() -> dict[str, Any]:
+    """sudo for what runs outside an operation, as the host's data asks for the operations
+    (pyinfra_deploy/inventory.py: a login user other than root): checks read root's files."""
+    if not host.data.get("_sudo"):
+        return {}
+    out: dict[str, Any] = {"_sudo": True}
+    if host.data.get("_sudo_password"):
+        out["_sudo_password"] = host.data.get("_sudo_password")
+    return out
+
+
 def run(cmd: str, secrets_env: Mapping[str, str] | None = None) -> tuple[bool, list[str]]:
     """Run a command on the current host now (read-only checks); secrets as environment."""
     if secrets_env:
         path = secret_file(secrets_env)
         cmd = f". {path}; rm -f {path}; {cmd}"
-    ok, output = host.run_shell_command(StringCommand(cmd))
+    ok, output = host.run_shell_command(StringCommand(cmd), **escalation())
     return ok, output.stdout_lines
 
 
 def secret_file(values: Mapping[str, str]) -> str:
     """Upload `export NAME='value'` lines as a mode-0600 file; returns its path on the host."""
     path = f"/root/.clusterkit-{secrets.token_hex(8)}"
-    host.put_file(BytesIO(env_lines(values)), path)
+    host.put_file(BytesIO(env_lines(values)), path, **escalation())
     return path
 
 

@@ -52,6 +52,44 @@ def hostvar(host: str, name: str):
 
 
 @cache
+def templated_hostvar(host: str, name: str, default: str = "") -> str:
+    """A host variable templated the way Ansible does (`ansible-inventory --list` leaves
+    templates such as ansible_host: "{{ clusterkit_address }}" as they are)."""
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar
+    from ansible.vars.manager import VariableManager
+
+    loader = DataLoader()
+    manager = InventoryManager(loader=loader, sources=[str(INVENTORY)])
+    variables = VariableManager(loader=loader, inventory=manager).get_vars(
+        host=manager.get_host(host)
+    )
+    return str(Templar(loader=loader, variables=variables).template(variables.get(name, default)))
+
+
+def lab_container(host: str) -> str:
+    """The Docker container of a lab host: lab_container_name (hosts reached over SSH), else
+    its ansible_host (hosts reached with `docker exec`), as roles/lab names them."""
+    names = inventory()["_meta"]["hostvars"][host]
+    if "lab_container_name" in names:
+        return str(names["lab_container_name"])
+    return templated_hostvar(host, "ansible_host", host)
+
+
+def testinfra_host(host: str):
+    """Testinfra host: `docker exec` into the container of a lab host (as root, the way a
+    console would look at the machine), Ansible with become for any other host."""
+    import testinfra
+
+    if host in group_hosts("lab"):
+        return testinfra.get_host(f"docker://{lab_container(host)}")
+    return testinfra.get_host(
+        f"ansible://{host}?ansible_inventory={INVENTORY}&force_ansible=True", sudo=True
+    )
+
+
+@cache
 def role_defaults(role: str) -> dict:
     return yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text()) or {}
 

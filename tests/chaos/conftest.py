@@ -45,7 +45,7 @@ from tests.conftest import (
     ROOT,
     address,
     group_hosts,
-    hostvar,
+    lab_container,
     secret,
     setting,
     worker_ports,
@@ -106,7 +106,7 @@ def container(host: str) -> str:
     """The lab container of host; hosts outside group `lab` cannot be faulted from here."""
     if host not in group_hosts("lab"):
         pytest.skip(f"{host} is not a lab container (group lab): the chaos suite needs docker")
-    return str(hostvar(host, "ansible_host"))
+    return lab_container(host)
 
 
 def on(host: str, command: str, timeout: float = 60, check: bool = True) -> str:

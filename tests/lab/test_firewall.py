@@ -18,9 +18,15 @@ import json
 import shlex
 
 import pytest
-import testinfra
 
-from tests.conftest import address, group_hosts, hostvar, setting, worker_ports
+from tests.conftest import (
+    address,
+    group_hosts,
+    lab_container,
+    setting,
+    testinfra_host,
+    worker_ports,
+)
 
 HOSTS = group_hosts("lab")
 
@@ -43,7 +49,7 @@ print(json.dumps(out))
 
 
 def lab(name: str):
-    return testinfra.get_host(f"docker://{hostvar(name, 'ansible_host')}")
+    return testinfra_host(name)
 
 
 def connect_from(source: str, targets: list[tuple[str, int]], timeout: float = 2.0) -> dict:
@@ -168,7 +174,7 @@ def test_stats_page_is_closed_to_other_tiers() -> None:
 def test_docker_dns_survives_a_firewall_restart() -> None:
     name = HOSTS[0]
     host = lab(name)
-    peer = hostvar(HOSTS[-1], "ansible_host")
+    peer = lab_container(HOSTS[-1])
     assert host.run(f"getent hosts {shlex.quote(peer)}").rc == 0
     host.check_output("systemctl restart nftables")
     assert host.service("nftables").is_running

@@ -16,9 +16,17 @@ from pathlib import Path
 
 import pytest
 import requests
-import testinfra
 
-from tests.conftest import ROOT, address, group_hosts, hostvar, secret, setting, virtual_address
+from tests.conftest import (
+    ROOT,
+    address,
+    group_hosts,
+    lab_container,
+    secret,
+    setting,
+    testinfra_host,
+    virtual_address,
+)
 
 VIP = virtual_address()
 LBS = group_hosts("lb")
@@ -33,7 +41,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def lb(name: str):
-    return testinfra.get_host(f"docker://{hostvar(name, 'ansible_host')}")
+    return testinfra_host(name)
 
 
 def holders() -> list[str]:
@@ -118,9 +126,7 @@ def both_lbs_serving():
     yield
     for name in LBS:
         if (
-            subprocess.run(
-                ["docker", "start", hostvar(name, "ansible_host")], capture_output=True
-            ).returncode
+            subprocess.run(["docker", "start", lab_container(name)], capture_output=True).returncode
             != 0
         ):
             pytest.fail(f"could not start the container of {name}")
@@ -182,18 +188,14 @@ def test_failover_when_the_holder_stops_and_no_move_back() -> None:
     first = holders()[0]
     other = next(n for n in LBS if n != first)
     start = time.monotonic()
-    stop = subprocess.Popen(
-        ["docker", "stop", hostvar(first, "ansible_host")], stdout=subprocess.DEVNULL
-    )
+    stop = subprocess.Popen(["docker", "stop", lab_container(first)], stdout=subprocess.DEVNULL)
     wait_for_holder(other, FAILOVER_BOUND_S + 10)
     seconds = time.monotonic() - start
     stop.wait(timeout=60)
     print(f"VIP failover after docker stop of {first}: {seconds:.2f} s")
     record("holder_stopped_failover", seconds)
     assert seconds < FAILOVER_BOUND_S
-    subprocess.run(
-        ["docker", "start", hostvar(first, "ansible_host")], check=True, capture_output=True
-    )
+    subprocess.run(["docker", "start", lab_container(first)], check=True, capture_output=True)
     healthy(first)
     assert_stays_on(other, STAY_S)
     assert vip_serves()

@@ -7,7 +7,7 @@ import ipaddress
 import docker
 import pytest
 
-from tests.conftest import address, group_hosts, hostvar, inventory, setting
+from tests.conftest import address, group_hosts, hostvar, inventory, lab_container, setting
 
 LAB_HOSTS = group_hosts("lab")
 
@@ -32,7 +32,7 @@ def client() -> docker.DockerClient:
 
 def container(client: docker.DockerClient, host: str):
     # By name: another lab instance (another inventory) has containers with the same host label.
-    c = client.containers.get(hostvar(host, "ansible_host"))
+    c = client.containers.get(lab_container(host))
     assert c.labels.get("io.clusterkit.host") == host, c.labels
     return c
 

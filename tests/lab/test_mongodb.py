@@ -9,16 +9,14 @@ Run after `ansible-playbook playbooks/data.yml` (or `site.yml`):
 from __future__ import annotations
 
 import uuid
-from functools import cache
 
 import pytest
-import testinfra
 from pymongo import MongoClient, ReadPreference
 from pymongo.errors import OperationFailure
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
-from tests.conftest import INVENTORY, address, group_hosts, secret
+from tests.conftest import address, group_hosts, secret, testinfra_host
 
 MEMBERS = group_hosts("mongodb")
 PORT = 27017
@@ -42,27 +40,6 @@ def client(
     return MongoClient(seeds(), **options)
 
 
-@cache
-def resolved_connection(name: str) -> tuple[str, str]:
-    """The host's ansible_connection and ansible_host, templated the way Ansible does (the lab's
-    ansible_host is a template, which Testinfra's ansible:// backend would take literally)."""
-    from ansible.inventory.manager import InventoryManager
-    from ansible.parsing.dataloader import DataLoader
-    from ansible.template import Templar
-    from ansible.vars.manager import VariableManager
-
-    loader = DataLoader()
-    inventory = InventoryManager(loader=loader, sources=[str(INVENTORY)])
-    variables = VariableManager(loader=loader, inventory=inventory).get_vars(
-        host=inventory.get_host(name)
-    )
-    templar = Templar(loader=loader, variables=variables)
-    return (
-        templar.template(variables.get("ansible_connection", "ssh")),
-        templar.template(variables.get("ansible_host", name)),
-    )
-
-
 @pytest.fixture(scope="module", params=MEMBERS)
 def member(request) -> str:
     return request.param
@@ -71,12 +48,7 @@ def member(request) -> str:
 @pytest.fixture(scope="module")
 def host(member):
     """Testinfra host of each member: `docker exec` for lab hosts, Ansible for any other."""
-    connection, target = resolved_connection(member)
-    if connection in ("community.docker.docker", "docker"):
-        return testinfra.get_host(f"docker://{target}")
-    return testinfra.get_host(
-        f"ansible://{member}?ansible_inventory={INVENTORY}&force_ansible=True"
-    )
+    return testinfra_host(member)
 
 
 @pytest.fixture(scope="module")

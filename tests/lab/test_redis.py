@@ -16,7 +16,6 @@ import uuid
 import pytest
 import redis
 import requests
-import testinfra
 
 from tests.conftest import (
     INVENTORY,
@@ -27,6 +26,7 @@ from tests.conftest import (
     secret,
     sentinel_client,
     setting,
+    testinfra_host,
 )
 
 REDIS_HOSTS = group_hosts("redis")
@@ -43,36 +43,10 @@ def redis_host() -> str:
     return redis_primary()
 
 
-def resolved_connection(name: str) -> tuple[str, str]:
-    """The host's ansible_connection and ansible_host, templated the way Ansible does."""
-    from ansible.inventory.manager import InventoryManager
-    from ansible.parsing.dataloader import DataLoader
-    from ansible.template import Templar
-    from ansible.vars.manager import VariableManager
-
-    loader = DataLoader()
-    inventory = InventoryManager(loader=loader, sources=[str(INVENTORY)])
-    variables = VariableManager(loader=loader, inventory=inventory).get_vars(
-        host=inventory.get_host(name)
-    )
-    templar = Templar(loader=loader, variables=variables)
-    return (
-        templar.template(variables.get("ansible_connection", "ssh")),
-        templar.template(variables.get("ansible_host", name)),
-    )
-
-
 @pytest.fixture(scope="module")
 def host(redis_host: str):
-    """Testinfra host of the Redis server. Lab hosts (docker connection, templated
-    ansible_host, which Testinfra's ansible:// backend would take literally) are reached by
-    `docker exec` into their resolved container; any other host through Ansible itself."""
-    connection, target = resolved_connection(redis_host)
-    if connection in ("community.docker.docker", "docker"):
-        return testinfra.get_host(f"docker://{target}")
-    return testinfra.get_host(
-        f"ansible://{redis_host}?ansible_inventory={INVENTORY}&force_ansible=True"
-    )
+    """Testinfra host of the Redis server (`docker exec` for lab hosts, else Ansible)."""
+    return testinfra_host(redis_host)
 
 
 @pytest.fixture(scope="module")

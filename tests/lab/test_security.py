@@ -22,7 +22,6 @@ import uuid
 
 import grpc
 import pytest
-import testinfra
 from clusterkit_app.master import TOKEN_HEADER
 from clusterkit_app.pb import jobs_pb2 as pb
 from clusterkit_app.pb import jobs_pb2_grpc as pb_grpc
@@ -31,10 +30,10 @@ from tests.conftest import (
     INVENTORY,
     address,
     group_hosts,
-    hostvar,
     inventory,
     secret,
     setting,
+    testinfra_host,
 )
 
 LB_HOSTS = group_hosts("lb")
@@ -43,9 +42,7 @@ MASTER_HOSTS = group_hosts("app_master")
 
 def lab_host(name: str):
     """Testinfra host: `docker exec` into a lab container, Ansible for any other host."""
-    if name in group_hosts("lab"):
-        return testinfra.get_host(f"docker://{hostvar(name, 'ansible_host')}")
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}&force_ansible=True")
+    return testinfra_host(name)
 
 
 @pytest.fixture(scope="module")
