@@ -167,10 +167,20 @@ standalone_tests() {
 }
 stage standalone-deploy ansible-playbook -i "$STANDALONE" site.yml
 if failed_stage standalone-deploy; then
-  for name in standalone-idempotence standalone-smoke; do skip "$name" "standalone deploy failed"; done
+  for name in standalone-idempotence standalone-smoke standalone-pyinfra \
+    standalone-pyinfra-idempotence standalone-pyinfra-ansible-check; do
+    skip "$name" "standalone deploy failed"
+  done
 else
   stage standalone-idempotence bash scripts/check-idempotence.sh -i "$STANDALONE"
+  # Over SSH as the login user with sudo: the smoke tests include tests/lab/test_ssh.py (a new
+  # session after the firewall, and a lockout refused before it reaches the host).
   stage standalone-smoke standalone_tests python -m pytest tests/lab -q -m smoke
+  # The pyinfra engine over the same SSH inventory (its SSH connector, sudo): it converges the
+  # host Ansible deployed, then a rerun changes nothing, then Ansible finds nothing to change.
+  stage standalone-pyinfra standalone_tests python -m pyinfra_deploy.run
+  stage standalone-pyinfra-idempotence standalone_tests python -m pyinfra_deploy.run --check-noop
+  stage standalone-pyinfra-ansible-check bash scripts/check-idempotence.sh --check -i "$STANDALONE"
   # The same host switched to the app's container image (app_install_method: image, Podman):
   # built on the controller, deployed, rerun with changed=0, the app tier's tests against it.
   stage standalone-image-deploy ansible-playbook -i "$STANDALONE" site.yml -e app_install_method=image
