@@ -20,7 +20,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-INVENTORIES = ["inventory/lab", "inventory/example", "inventory/standalone"]
+INVENTORIES = ["inventory/lab", "inventory/example", "inventory/standalone", "inventory/trixie"]
 
 
 @pytest.mark.parametrize("inventory", INVENTORIES)
@@ -45,7 +45,9 @@ def test_playbooks_pass_syntax_check(inventory: str, playbook: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("inventory", ["inventory/example", "inventory/standalone"])
+@pytest.mark.parametrize(
+    "inventory", ["inventory/example", "inventory/standalone", "inventory/trixie"]
+)
 def test_preflight_accepts_the_shipped_inventories(inventory: str) -> None:
     result = run("ansible-playbook", "-i", inventory, "playbooks/preflight.yml")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -259,6 +261,10 @@ BAD = {
     "standalone-second-host": (
         standalone_with_second_redis_host(),
         "this inventory has hosts solo, solo2 and lb=solo, redis=solo+solo2, mongodb=solo",
+    ),
+    "lab-release-not-supported": (
+        with_vars(lab_debian_suite="sid"),
+        "lab_debian_suite must be one of: bookworm, trixie",
     ),
     "secrets-dir-is-a-file": (
         with_vars(clusterkit_secrets_dir="{{ inventory_dir }}/hosts.yml"),
