@@ -24,6 +24,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
 INVENTORY=${CLUSTERKIT_INVENTORY:-inventory/lab}
 STANDALONE=${CLUSTERKIT_STANDALONE_INVENTORY:-inventory/standalone}
+TRIXIE=${CLUSTERKIT_TRIXIE_INVENTORY:-inventory/trixie}
 export CLUSTERKIT_INVENTORY=$INVENTORY
 # Testinfra's ansible:// hosts and every ansible-playbook below use the same inventory.
 export ANSIBLE_INVENTORY=$INVENTORY
@@ -116,7 +117,11 @@ done
 # The hosts (image from cache, or built with debootstrap on a fresh machine: mostly downloads
 # and unpacking) are created while the checks run, so that `deploy` is the deploy of fresh
 # hosts alone.
-stage lab-hosts ansible-playbook -i "$INVENTORY" playbooks/lab.yml &
+# The Debian 13 host image (stages trixie-*, below) is built here too, after the lab's.
+(
+  stage lab-hosts ansible-playbook -i "$INVENTORY" playbooks/lab.yml
+  stage trixie-image ansible-playbook -i "$TRIXIE" playbooks/lab.yml --tags lab_image
+) &
 lab_hosts_pid=$!
 stage lint-python ruff check .
 stage format-python ruff format --check .
@@ -196,6 +201,27 @@ else
   fi
 fi
 stage standalone-teardown ansible-playbook -i "$STANDALONE" playbooks/teardown.yml
+
+# -- Debian 13 (inventory/trixie), still beside the Molecule scenarios -----------------------
+# One host on trixie, reached over SSH as `deploy` whose sudo asks for a password
+# (ansible_become_password): deployed, rerun with changed=0, smoke-tested, converged by the
+# pyinfra engine (rerun without change), removed.
+trixie_tests() {
+  CLUSTERKIT_INVENTORY=$TRIXIE ANSIBLE_INVENTORY=$TRIXIE "$@"
+}
+stage trixie-deploy ansible-playbook -i "$TRIXIE" site.yml
+if failed_stage trixie-deploy; then
+  for name in trixie-idempotence trixie-smoke trixie-pyinfra trixie-pyinfra-idempotence; do
+    skip "$name" "trixie deploy failed"
+  done
+else
+  stage trixie-idempotence bash scripts/check-idempotence.sh -i "$TRIXIE"
+  stage trixie-smoke trixie_tests python -m pytest tests/lab -q -m smoke
+  # pyinfra's SSH connector with a sudo password (_sudo_password): converge, then no change.
+  stage trixie-pyinfra trixie_tests python -m pyinfra_deploy.run
+  stage trixie-pyinfra-idempotence trixie_tests python -m pyinfra_deploy.run --check-noop
+fi
+stage trixie-teardown ansible-playbook -i "$TRIXIE" playbooks/teardown.yml
 wait "$molecule_pid"
 
 echo
