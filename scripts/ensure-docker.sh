@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # Makes sure a Docker engine answers. On Debian/Ubuntu as root it installs docker.io (and
-# debootstrap, used to build the lab's base image without a registry) and starts dockerd
+# debootstrap, used to build the lab's base image without a registry, and the ssh client the
+# lab's SSH profiles are reached with) and starts dockerd
 # when none runs; elsewhere it says what to install. A dockerd started here is recorded in
 # .cache/dockerd.pid so that `make docker-stop` (and CI) can stop it again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .cache
+
+# The lab's SSH profiles (inventory/standalone, inventory/trixie) are reached with OpenSSH's
+# client, as real hosts are; installed here beside Docker where it is missing.
+if ! command -v ssh >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "docker: installing openssh-client with apt-get ..."
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-client >/dev/null
+fi
 
 if docker info >/dev/null 2>&1; then
   echo "docker: engine reachable ($(docker version --format '{{.Server.Version}}'))"
