@@ -58,7 +58,9 @@ stage() {
     echo "    FAILED (${name}, ${seconds} s); last lines of ${log}:"
     tail -n 40 "$log" | sed 's/^/    | /'
     # pytest's one-line verdicts and assertion lines, repeated at the end of the run
-    grep -E '^(FAILED|ERROR) |^E  |^fatal: |^failed: ' "$log" | cut -c1-300 | head -n 30 >"logs/${name}.failures" || true
+    # (pytest's first; a play's fatal lines can include expected, rescued failures)
+    { grep -E '^(FAILED|ERROR) |^E  ' "$log" || true; grep -E '^fatal: |^failed: ' "$log" | tail -n 5 || true; } \
+      | cut -c1-300 | head -n 30 >"logs/${name}.failures"
     return 1
   fi
 }

@@ -5,7 +5,8 @@ Speaks the worker contract the load balancers rely on: GET /healthz (200, or 503
 file /run/stub-backend/<port>.down exists), POST /api/requests (holds one of --concurrency
 slots for --service-ms, answers JSON with header X-Worker-Id), and any other /api/ path
 echoes the request headers. GET /stub/stats reports what the stub saw: requests, the most
-requests it served at once, and how many TCP connections were opened to it.
+requests it served at once, how many requests arrived while another was in service
+(overlapped), and how many TCP connections were opened to it.
 """
 
 import argparse
@@ -24,6 +25,7 @@ class Stats:
         self.requests = 0
         self.in_service = 0
         self.max_in_service = 0
+        self.overlapped = 0
         self.connections = 0
 
 
@@ -69,6 +71,7 @@ def make_handler(worker_id, port, service_s, stats):
                         {
                             "requests": stats.requests,
                             "max_in_service": stats.max_in_service,
+                            "overlapped": stats.overlapped,
                             "connections": stats.connections,
                         },
                     )
@@ -88,6 +91,8 @@ def make_handler(worker_id, port, service_s, stats):
                 stats.requests += 1
                 stats.in_service += 1
                 stats.max_in_service = max(stats.max_in_service, stats.in_service)
+                if stats.in_service > 1:
+                    stats.overlapped += 1
             try:
                 time.sleep(service_s)
             finally:
