@@ -77,6 +77,21 @@ def lab_container(host: str) -> str:
     return templated_hostvar(host, "ansible_host", host)
 
 
+def inventory_name(host) -> str:
+    """The inventory name of a Testinfra host (its container's host, for a lab container)."""
+    name = host.backend.get_hostname()
+    return {lab_container(h): h for h in group_hosts("lab")}.get(name, name)
+
+
+@pytest.fixture(scope="module")
+def host(_testinfra_host):
+    """Testinfra's `host` (modules with testinfra_hosts = ["ansible://<group>"]), but lab hosts
+    reached as testinfra_host() reaches them: Testinfra's own ansible backend reads the
+    inventory untemplated, so it cannot follow an SSH inventory's templated settings."""
+    name = _testinfra_host.backend.get_hostname()
+    return testinfra_host(name) if name in group_hosts("lab") else _testinfra_host
+
+
 def testinfra_host(host: str):
     """Testinfra host: `docker exec` into the container of a lab host (as root, the way a
     console would look at the machine), Ansible with become for any other host."""

@@ -22,9 +22,16 @@ import httpx
 import pymongo
 import pytest
 import redis
-import testinfra
 
-from tests.conftest import INVENTORY, ROOT, address, group_hosts, secret, setting, worker_ports
+from tests.conftest import (
+    ROOT,
+    address,
+    group_hosts,
+    secret,
+    setting,
+    testinfra_host,
+    worker_ports,
+)
 
 MASTER_HOSTS = group_hosts("app_master")
 WORKER_HOSTS = group_hosts("app_workers")
@@ -41,7 +48,7 @@ MASTER_HEALTH = [
 
 
 def lab_host(name: str):
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
+    return testinfra_host(name)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import pytest
 import requests
-import testinfra
 
 from tests.conftest import (
     INVENTORY,
@@ -25,6 +24,7 @@ from tests.conftest import (
     inventory,
     secret,
     stats_base_url,
+    testinfra_host,
     virtual_address,
 )
 
@@ -41,7 +41,7 @@ THREADS = 4
 
 
 def app_hosts():
-    return [testinfra.get_host(f"ansible://{h}") for h in group_hosts("app_workers")]
+    return [testinfra_host(h) for h in group_hosts("app_workers")]
 
 
 @dataclass

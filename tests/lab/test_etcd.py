@@ -12,9 +12,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-import testinfra
 
-from tests.conftest import address, group_hosts, secret
+from tests.conftest import address, group_hosts, secret, testinfra_host
 
 testinfra_hosts = ["ansible://etcd"]
 
@@ -178,7 +177,7 @@ def test_restart_of_one_member_keeps_the_cluster_healthy():
     thread = threading.Thread(target=keep_writing, daemon=True)
     thread.start()
     try:
-        testinfra.get_host(f"ansible://{victim}").check_output("systemctl restart etcd")
+        testinfra_host(victim).check_output("systemctl restart etcd")
         assert wait_healthy(victim), f"{victim} not healthy after its restart"
         for member in MEMBERS:
             assert wait_healthy(member), f"{member} not healthy after {victim} restarted"

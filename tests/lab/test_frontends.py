@@ -20,6 +20,7 @@ from tests.conftest import (
     group_hosts,
     hostvar,
     inventory,
+    inventory_name,
     secret,
     stats_base_url,
 )
@@ -117,7 +118,7 @@ def test_stub_status_is_not_public() -> None:
 
 @pytest.mark.smoke
 def test_https_with_the_hosts_certificate(host, tmp_path) -> None:
-    lb = host.backend.get_hostname()
+    lb = inventory_name(host)
     if not var(lb, "nginx_tls_enabled", False):
         pytest.skip("nginx_tls_enabled is off for this host")
     cert = tmp_path / "lb.crt"
@@ -130,7 +131,7 @@ def test_https_with_the_hosts_certificate(host, tmp_path) -> None:
 
 
 def test_every_lb_host_serves_on_its_private_address(host) -> None:
-    lb = host.backend.get_hostname()
+    lb = inventory_name(host)
     r = requests.post(f"http://{address(lb)}/api/requests", json={"payload": {}}, timeout=30)
     assert r.status_code == 200
     assert r.headers["X-Worker-Id"] in expected_workers()

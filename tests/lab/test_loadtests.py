@@ -13,9 +13,16 @@ from pathlib import Path
 
 import pytest
 import requests
-import testinfra
 
-from tests.conftest import ROOT, front_end_url, group_hosts, secret, stats_url, worker_ports
+from tests.conftest import (
+    ROOT,
+    front_end_url,
+    group_hosts,
+    secret,
+    stats_url,
+    testinfra_host,
+    worker_ports,
+)
 
 # Measures throughput and stops a worker: runs alone, after the read-only tests.
 pytestmark = pytest.mark.serial
@@ -95,7 +102,7 @@ def test_gated_run_passes_and_prints_per_worker_throughput(tmp_path, stats_passw
 
 def test_gated_run_fails_with_a_worker_stopped(tmp_path, stats_password):
     host_name = group_hosts("app_workers")[-1]
-    host = testinfra.get_host(f"ansible://{host_name}")
+    host = testinfra_host(host_name)
     unit = f"clusterkit-worker@{worker_ports(host_name)[0]}.service"
     host.run(f"systemctl stop {unit}")
     try:
