@@ -4,7 +4,8 @@
 # lab hosts are created, deploy them with `ansible-playbook site.yml`, prove a second run changes
 # nothing, test the deployed lab (read-only tests in parallel, then the ones that change
 # state) and its behaviour under faults (tests/chaos), then every Molecule scenario (two at
-# a time) and beside them the pyinfra engine on fresh hosts: its deploy, a rerun that changes
+# a time) and beside them a backup, the data hosts destroyed and recreated, and the restore,
+# then the pyinfra engine on fresh hosts: its deploy, a rerun that changes
 # nothing, `ansible-playbook site.yml --check` reporting changed=0 on the hosts pyinfra
 # deployed (both engines reach the same state), and the smoke tests; then the one-host profile
 # (inventory/standalone): deploy, rerun with changed=0, smoke tests.
@@ -152,6 +153,13 @@ fi
 molecule_all &
 molecule_pid=$!
 
+# First, while the Ansible-deployed lab is still up: backup, the data hosts destroyed and
+# recreated by site.yml, restore, every record back (tests/lab/test_backup.py, marker restore).
+if failed_stage deploy; then
+  skip backup-restore "deploy failed"
+else
+  stage backup-restore python -m pytest tests/lab -q -m restore --durations=0
+fi
 stage pyinfra-teardown ansible-playbook -i "$INVENTORY" playbooks/teardown.yml
 stage pyinfra-lab ansible-playbook -i "$INVENTORY" playbooks/lab.yml
 stage pyinfra-deploy python -m pyinfra_deploy.run

@@ -181,3 +181,13 @@ def redis_primary() -> str:
     if not seen or seen.count(max(set(seen), key=seen.count)) <= len(hosts) // 2:
         raise RuntimeError(f"no majority of the Sentinels names a primary: {seen}")
     return max(set(seen), key=seen.count)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `restore` destroy the data hosts: they run only when -m names them."""
+    if "restore" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="destroys the lab's data hosts: run with -m restore")
+    for item in items:
+        if item.get_closest_marker("restore"):
+            item.add_marker(skip)
