@@ -31,8 +31,8 @@ from tests.conftest import (
     lab_container,
     secret,
     setting,
-    testinfra_host,
 )
+from tests.conftest import testinfra_host as lab_host
 
 pytestmark = pytest.mark.restore
 
@@ -79,10 +79,10 @@ def wait_for(check, timeout: float, what: str):
 
 
 def etcdctl(host: str, *args: str) -> str:
-    cmd = testinfra_host(host).run(
-        "ETCDCTL_API=3 ETCDCTL_USER=root ETCDCTL_PASSWORD=%s etcdctl %s",
+    cmd = lab_host(host).run(
+        "ETCDCTL_API=3 ETCDCTL_USER=root ETCDCTL_PASSWORD=%s etcdctl" + " %s" * len(args),
         secret("etcd_root_password"),
-        " ".join(args),
+        *args,
     )
     assert cmd.rc == 0, cmd.stderr
     return cmd.stdout
@@ -131,7 +131,7 @@ def sessions_counted(sessions: dict[str, int]) -> dict[str, int]:
 def master():
     hosts = group_hosts("app_master")
     assert hosts, "no app_master host"
-    return testinfra_host(hosts[0])
+    return lab_host(hosts[0])
 
 
 def test_backup_destroy_recreate_restore(master, tmp_path: Path):
