@@ -6,7 +6,7 @@ key under the app's etcd prefix. Then playbooks/backup.yml; a damaged copy and a
 another replica set are refused before any host changes; the data hosts' containers are
 removed, site.yml recreates them empty, playbooks/restore.yml restores the backup, and every
 record, session, job and key is back, the queued jobs are applied once each (and the applied
-ones not again), and the API serves new writes.
+ones not again), the API serves new writes, and a rerun of site.yml changes nothing.
 
     python -m pytest tests/lab/test_backup.py -m restore
 """
@@ -270,10 +270,23 @@ def test_backup_destroy_recreate_restore(master, tmp_path: Path):
     assert r.ok, r.text
     assert http.get(f"{API}/api/requests/{r.json()['id']}", timeout=10).ok
 
+    # A restored cluster is what the inventory describes: a rerun of site.yml changes nothing.
+    started = time.monotonic()
+    rerun = subprocess.run(
+        ["bash", "scripts/check-idempotence.sh", "-i", str(INVENTORY)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=PLAYBOOK_TIMEOUT_S,
+    )
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    rerun_s = time.monotonic() - started
+
     figures = {
         "backup_s": round(backup_s, 1),
         "redeploy_s": round(redeploy_s, 1),
         "restore_s": round(restore_s, 1),
+        "rerun_after_restore_s": round(rerun_s, 1),
         "backup_bytes": sum(f["bytes"] for f in manifest["files"].values()),
         "requests": REQUESTS,
         "jobs_applied_before": JOBS_APPLIED,
