@@ -34,6 +34,8 @@ ROLES = (
     "nginx",
     "keepalived",
     "loadgen",
+    "exporters",
+    "monitoring",
 )
 TEMPLATE_MARKERS = ("{{", "{%", "{#")
 

@@ -38,7 +38,7 @@ def container(client: docker.DockerClient, host: str):
 
 
 def test_lab_has_the_default_hosts() -> None:
-    assert sorted(LAB_HOSTS) == ["app1", "app2", "data1", "data2", "data3", "lb1", "lb2"]
+    assert sorted(LAB_HOSTS) == ["app1", "app2", "data1", "data2", "data3", "lb1", "lb2", "mon1"]
 
 
 @pytest.mark.smoke

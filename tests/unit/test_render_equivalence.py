@@ -120,6 +120,33 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
         {"mongodb_wiredtiger_cache_size_gb": 0.25, "mongodb_oplog_size_mb": 128},
     ),
     ("mongodb/mongod.service.j2", "data3", {"mongodb_bin": "/usr/local/bin/mongod"}),
+    ("monitoring/prometheus.yml.j2", "mon1", {}),
+    (
+        "monitoring/prometheus.yml.j2",
+        "mon1",
+        {"monitoring_external_labels": {}, "monitoring_extra_scrape_configs": [{"job_name": "x"}]},
+    ),
+    ("monitoring/alertmanager.yml.j2", "mon1", {}),
+    (
+        "monitoring/default.j2",
+        "data1",
+        {
+            "monitoring_default_unit": "prometheus-redis-exporter.service",
+            "monitoring_default_args": "@exporters__redis_args",
+            "monitoring_default_env": {"REDIS_PASSWORD": 'p"w'},
+        },
+    ),
+    (
+        "monitoring/default.j2",
+        "mon1",
+        {
+            "monitoring_default_unit": "prometheus.service",
+            "monitoring_default_args": "@monitoring__prometheus_args",
+            "monitoring_default_env": {},
+        },
+    ),
+    ("monitoring/mongodb-metrics.service.j2", "data1", {}),
+    ("monitoring/mongodb-metrics.timer.j2", "data2", {}),
     ("nginx/index.html.j2", "lb1", {}),
     ("nginx/nginx.conf.j2", "lb1", {}),
     (
