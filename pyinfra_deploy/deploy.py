@@ -1,6 +1,6 @@
 """The clusterkit deploy for pyinfra: the roles of site.yml (common, firewall, redis, mongodb, etcd,
-app, haproxy, nginx, keepalived, loadgen) on the hosts of the Ansible inventory, rendering the same
-templates with the same variables and secrets.
+app, haproxy, nginx, keepalived, loadgen, exporters, monitoring) on the hosts of the Ansible
+inventory, rendering the same templates with the same variables and secrets.
 
     pyinfra -y pyinfra_deploy/inventory.py pyinfra_deploy/deploy.py
 
@@ -19,6 +19,7 @@ from pyinfra import host  # noqa: E402
 
 from pyinfra_deploy import roles  # noqa: E402
 from pyinfra_deploy.keepalived import keepalived  # noqa: E402
+from pyinfra_deploy.monitoring import exporters, monitoring  # noqa: E402
 from pyinfra_deploy.redis import redis  # noqa: E402
 from pyinfra_deploy.variables import world  # noqa: E402
 
@@ -53,3 +54,11 @@ if "lb" in groups and len(v["groups"]["lb"]) > 1:
 roles.barrier("keepalived")
 if "loadgen" in groups:
     roles.loadgen(v)
+roles.barrier("loadgen")
+# Monitoring (playbooks/monitoring.yml): exporters on every host while group monitoring has
+# hosts, then Prometheus and Alertmanager on those hosts.
+if v["groups"].get("monitoring"):
+    exporters(v)
+roles.barrier("exporters")
+if "monitoring" in groups:
+    monitoring(v)
