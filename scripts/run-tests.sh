@@ -153,6 +153,71 @@ fi
 molecule_all &
 molecule_pid=$!
 
+# -- the one-host profiles, a lane of their own beside the Molecule scenarios and the pyinfra
+# stages: one container each on a network of its own, nothing shared with the 7-host lab.
+one_host_profiles() {
+  # -- the one-host profile (inventory/standalone) -----------------------------------------
+  # One container on a network of its own: the whole stack on one host, deployed, rerun with
+  # changed=0, smoke-tested; then switched to the app's container image and tested again; removed.
+  standalone_tests() {
+    CLUSTERKIT_INVENTORY=$STANDALONE ANSIBLE_INVENTORY=$STANDALONE "$@"
+  }
+  stage standalone-deploy ansible-playbook -i "$STANDALONE" site.yml
+  if failed_stage standalone-deploy; then
+    for name in standalone-idempotence standalone-smoke standalone-pyinfra \
+      standalone-pyinfra-idempotence standalone-pyinfra-ansible-check; do
+      skip "$name" "standalone deploy failed"
+    done
+  else
+    stage standalone-idempotence bash scripts/check-idempotence.sh -i "$STANDALONE"
+    # Over SSH as the login user with sudo: the smoke tests include tests/lab/test_ssh.py (a new
+    # session after the firewall, and a lockout refused before it reaches the host).
+    stage standalone-smoke standalone_tests python -m pytest tests/lab -q -m smoke
+    # The pyinfra engine over the same SSH inventory (its SSH connector, sudo): it converges the
+    # host Ansible deployed, then a rerun changes nothing, then Ansible finds nothing to change.
+    stage standalone-pyinfra standalone_tests python -m pyinfra_deploy.run
+    stage standalone-pyinfra-idempotence standalone_tests python -m pyinfra_deploy.run --check-noop
+    stage standalone-pyinfra-ansible-check bash scripts/check-idempotence.sh --check -i "$STANDALONE"
+    # The same host switched to the app's container image (app_install_method: image, Podman):
+    # built on the controller, deployed, rerun with changed=0, the app tier's tests against it.
+    stage standalone-image-deploy ansible-playbook -i "$STANDALONE" site.yml -e app_install_method=image
+    if failed_stage standalone-image-deploy; then
+      for name in standalone-image-idempotence standalone-image-tests; do
+        skip "$name" "image deploy failed"
+      done
+    else
+      stage standalone-image-idempotence bash scripts/check-idempotence.sh -i "$STANDALONE" \
+        -e app_install_method=image
+      stage standalone-image-tests standalone_tests python -m pytest -q -m "not serial" \
+        tests/lab/test_app.py tests/lab/test_broadcast.py tests/lab/test_frontends.py
+    fi
+  fi
+  stage standalone-teardown ansible-playbook -i "$STANDALONE" playbooks/teardown.yml
+
+  # -- Debian 13 (inventory/trixie) ---------------------------------------------------------
+  # One host on trixie, reached over SSH as `deploy` whose sudo asks for a password
+  # (ansible_become_password): deployed, rerun with changed=0, smoke-tested, converged by the
+  # pyinfra engine (rerun without change), removed.
+  trixie_tests() {
+    CLUSTERKIT_INVENTORY=$TRIXIE ANSIBLE_INVENTORY=$TRIXIE "$@"
+  }
+  stage trixie-deploy ansible-playbook -i "$TRIXIE" site.yml
+  if failed_stage trixie-deploy; then
+    for name in trixie-idempotence trixie-smoke trixie-pyinfra trixie-pyinfra-idempotence; do
+      skip "$name" "trixie deploy failed"
+    done
+  else
+    stage trixie-idempotence bash scripts/check-idempotence.sh -i "$TRIXIE"
+    stage trixie-smoke trixie_tests python -m pytest tests/lab -q -m smoke
+    # pyinfra's SSH connector with a sudo password (_sudo_password): converge, then no change.
+    stage trixie-pyinfra trixie_tests python -m pyinfra_deploy.run
+    stage trixie-pyinfra-idempotence trixie_tests python -m pyinfra_deploy.run --check-noop
+  fi
+  stage trixie-teardown ansible-playbook -i "$TRIXIE" playbooks/teardown.yml
+}
+one_host_profiles &
+one_host_pid=$!
+
 # First, while the Ansible-deployed lab is still up: backup, the data hosts destroyed and
 # recreated by site.yml, restore, every record back (tests/lab/test_backup.py, marker restore).
 if failed_stage deploy; then
@@ -174,64 +239,7 @@ else
   stage pyinfra-smoke python -m pytest tests/lab -q -m smoke -n "$LAB_TEST_JOBS" --dist loadfile
 fi
 
-# -- the one-host profile (inventory/standalone), still beside the Molecule scenarios --------
-# One container on a network of its own: the whole stack on one host, deployed, rerun with
-# changed=0, smoke-tested; then switched to the app's container image and tested again; removed.
-standalone_tests() {
-  CLUSTERKIT_INVENTORY=$STANDALONE ANSIBLE_INVENTORY=$STANDALONE "$@"
-}
-stage standalone-deploy ansible-playbook -i "$STANDALONE" site.yml
-if failed_stage standalone-deploy; then
-  for name in standalone-idempotence standalone-smoke standalone-pyinfra \
-    standalone-pyinfra-idempotence standalone-pyinfra-ansible-check; do
-    skip "$name" "standalone deploy failed"
-  done
-else
-  stage standalone-idempotence bash scripts/check-idempotence.sh -i "$STANDALONE"
-  # Over SSH as the login user with sudo: the smoke tests include tests/lab/test_ssh.py (a new
-  # session after the firewall, and a lockout refused before it reaches the host).
-  stage standalone-smoke standalone_tests python -m pytest tests/lab -q -m smoke
-  # The pyinfra engine over the same SSH inventory (its SSH connector, sudo): it converges the
-  # host Ansible deployed, then a rerun changes nothing, then Ansible finds nothing to change.
-  stage standalone-pyinfra standalone_tests python -m pyinfra_deploy.run
-  stage standalone-pyinfra-idempotence standalone_tests python -m pyinfra_deploy.run --check-noop
-  stage standalone-pyinfra-ansible-check bash scripts/check-idempotence.sh --check -i "$STANDALONE"
-  # The same host switched to the app's container image (app_install_method: image, Podman):
-  # built on the controller, deployed, rerun with changed=0, the app tier's tests against it.
-  stage standalone-image-deploy ansible-playbook -i "$STANDALONE" site.yml -e app_install_method=image
-  if failed_stage standalone-image-deploy; then
-    for name in standalone-image-idempotence standalone-image-tests; do
-      skip "$name" "image deploy failed"
-    done
-  else
-    stage standalone-image-idempotence bash scripts/check-idempotence.sh -i "$STANDALONE" \
-      -e app_install_method=image
-    stage standalone-image-tests standalone_tests python -m pytest -q -m "not serial" \
-      tests/lab/test_app.py tests/lab/test_broadcast.py tests/lab/test_frontends.py
-  fi
-fi
-stage standalone-teardown ansible-playbook -i "$STANDALONE" playbooks/teardown.yml
-
-# -- Debian 13 (inventory/trixie), still beside the Molecule scenarios -----------------------
-# One host on trixie, reached over SSH as `deploy` whose sudo asks for a password
-# (ansible_become_password): deployed, rerun with changed=0, smoke-tested, converged by the
-# pyinfra engine (rerun without change), removed.
-trixie_tests() {
-  CLUSTERKIT_INVENTORY=$TRIXIE ANSIBLE_INVENTORY=$TRIXIE "$@"
-}
-stage trixie-deploy ansible-playbook -i "$TRIXIE" site.yml
-if failed_stage trixie-deploy; then
-  for name in trixie-idempotence trixie-smoke trixie-pyinfra trixie-pyinfra-idempotence; do
-    skip "$name" "trixie deploy failed"
-  done
-else
-  stage trixie-idempotence bash scripts/check-idempotence.sh -i "$TRIXIE"
-  stage trixie-smoke trixie_tests python -m pytest tests/lab -q -m smoke
-  # pyinfra's SSH connector with a sudo password (_sudo_password): converge, then no change.
-  stage trixie-pyinfra trixie_tests python -m pyinfra_deploy.run
-  stage trixie-pyinfra-idempotence trixie_tests python -m pyinfra_deploy.run --check-noop
-fi
-stage trixie-teardown ansible-playbook -i "$TRIXIE" playbooks/teardown.yml
+wait "$one_host_pid"
 wait "$molecule_pid"
 
 echo
