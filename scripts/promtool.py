@@ -38,6 +38,12 @@ def tools_dir() -> Path:
             run = subprocess.run(
                 ["apt-get", "download", package], cwd=download, capture_output=True, text=True
             )
+            if run.returncode != 0 and os.geteuid() == 0:
+                # Lists not fetched yet on a fresh machine (as app/scripts/test-deps.sh does).
+                subprocess.run(["apt-get", "update", "-qq"], capture_output=True, check=False)
+                run = subprocess.run(
+                    ["apt-get", "download", package], cwd=download, capture_output=True, text=True
+                )
             if run.returncode != 0:
                 sys.exit(
                     f"cannot fetch {package} with apt-get download ({run.stderr.strip()}): "
