@@ -78,7 +78,7 @@ skip() {
 # are short). Each scenario has its own containers (<scenario>-N), ephemeral directory and
 # log; the collections are made sure of once, before (the `dependency` step then finds them).
 molecule_all() {
-  local order=(app mongodb etcd nginx redis haproxy keepalived loadgen firewall common)
+  local order=(app mongodb etcd nginx redis haproxy monitoring keepalived loadgen firewall common)
   local scenarios=() name running=0
   for name in "${order[@]}"; do
     [ -f "molecule/${name}/molecule.yml" ] && scenarios+=("$name")
@@ -104,7 +104,9 @@ passed_stage() { grep -qP "^$1\t[^\t]*\t[^\t]*\tpassed\t" "$records"; }
 # Two chains side by side, as they share nothing: the Docker engine and the app's test servers
 # (both apt-get, so one after the other), and the venv with the collections (pip, Galaxy).
 setup_target() { stage "setup-$1" make --no-print-directory "$1"; }
-(setup_target docker && setup_target test-deps) &
+# promtool and amtool (Debian's packages, unpacked into .cache/promtool, nothing installed) for
+# the monitoring unit tests, after test-deps has refreshed apt's lists.
+(setup_target docker && setup_target test-deps && stage setup-promtool python3 scripts/promtool.py) &
 setup_pid=$!
 setup_target venv && setup_target collections
 wait "$setup_pid"
