@@ -60,7 +60,7 @@ def wait_http(name: str, url: str, seconds: int) -> OperationMeta:
 
 @deploy("exporters")
 def exporters(v: Vars) -> None:
-    apt(list(v["exporters__packages"]), "Install the exporters")
+    apt(list(v["exporters__packages"]), "Install the exporters", recommends=False)
     mongodb = bool(v["exporters__mongodb"])
     if mongodb:
         installed_file(
@@ -90,12 +90,18 @@ def exporters(v: Vars) -> None:
         if unit == MONGODB_PROBE:
             service(f"{MONGODB_PROBE}.timer")
             continue
-        service(f"{unit}.service")
+        # A package's default config can make its exporter exit at once until systemd's start
+        # limit stops it (the nginx exporter): a new command line starts from a clean slate.
         shell(
             f"Restart {unit} for its new command line",
-            [f"systemctl restart {q(unit + '.service')}"],
+            [
+                f"systemctl reset-failed {q(unit + '.service')} || true",
+                f"systemctl enable {q(unit + '.service')}",
+                f"systemctl restart {q(unit + '.service')}",
+            ],
             _if=changed(written),
         )
+        service(f"{unit}.service")
     address, port = v["exporters_bind_address"], int(v["exporters_node_port"])
     wait_http("Wait until the node exporter answers", f"http://{address}:{port}/metrics", 30)
 
@@ -108,7 +114,7 @@ def monitoring(v: Vars) -> None:
             f"{v.name}: Prometheus and Alertmanager listen on the private address only: set "
             "clusterkit_address (or monitoring_bind_address to an address of this host)"
         )
-    apt(list(v["monitoring_packages"]), "Install Prometheus and Alertmanager")
+    apt(list(v["monitoring_packages"]), "Install Prometheus and Alertmanager", recommends=False)
     rules_dir = v["monitoring_rules_dir"]
     for path, group, mode in (
         (rules_dir, "root", "0755"),

@@ -72,9 +72,11 @@ def template(
     )
 
 
-def apt(packages: list[str], name: str) -> OperationMeta:
-    """Install missing packages (the index is refreshed only when something is missing)."""
+def apt(packages: list[str], name: str, recommends: bool = True) -> OperationMeta:
+    """Install missing packages (the index is refreshed only when something is missing);
+    `recommends=False` as common_install_recommends: false (apt's --no-install-recommends)."""
     names = " ".join(q(p) for p in packages)
+    extra = "" if recommends else "--no-install-recommends "
 
     def missing() -> bool:
         ok, out = run(f"dpkg-query -W -f='${{Status}}\\n' {names} 2>/dev/null || true")
@@ -82,7 +84,7 @@ def apt(packages: list[str], name: str) -> OperationMeta:
 
     def install() -> Generator[Cmd, None, None]:
         yield "apt-get update -q"
-        yield f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q {names}"
+        yield f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q {extra}{names}"
 
     return ensure(name=name, check=missing, apply=install)
 
