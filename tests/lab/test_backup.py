@@ -136,6 +136,12 @@ def master():
 
 def test_backup_destroy_recreate_restore(master, tmp_path: Path):
     http = session()
+    # A clean start: the tests before this one (the chaos suite) may leave workers restarting.
+    wait_for(
+        lambda: http.get(f"{API}/api/requests/{uuid.uuid4().hex}", timeout=10).status_code == 404,
+        180,
+        "a worker answers through the front end",
+    )
 
     # -- known data -----------------------------------------------------------------------
     sessions = {uuid.uuid4().hex: 0 for _ in range(3)}
@@ -154,7 +160,7 @@ def test_backup_destroy_recreate_restore(master, tmp_path: Path):
         assert r.status_code == 202, r.text
     applied_before = {
         jid: wait_for(
-            lambda jid=jid: job(http, jid)["applied_at"], 60, f"job {jid} applied before backup"
+            lambda jid=jid: job(http, jid)["applied_at"], 120, f"job {jid} applied before backup"
         )
         for jid in applied_ids
     }
