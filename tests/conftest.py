@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from functools import cache
 from pathlib import Path
@@ -191,3 +192,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("restore"):
             item.add_marker(skip)
+
+
+def playbook(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`ansible-playbook -i <inventory under test> ARGS` from the kit's root, output captured."""
+    return subprocess.run(
+        ["ansible-playbook", "-i", str(INVENTORY), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -32,6 +32,9 @@ from tests.conftest import (
     secret,
     setting,
 )
+from tests.conftest import (
+    playbook as run_playbook,
+)
 from tests.conftest import testinfra_host as lab_host
 
 pytestmark = pytest.mark.restore
@@ -45,13 +48,7 @@ ETCD_KEY = "/clusterkit/backup-test/marker"
 
 
 def playbook(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ansible-playbook", "-i", str(INVENTORY), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=PLAYBOOK_TIMEOUT_S,
-    )
+    return run_playbook(*args, timeout=PLAYBOOK_TIMEOUT_S)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> None:

@@ -16,8 +16,6 @@ import pytest
 import requests
 
 from tests.conftest import (
-    INVENTORY,
-    ROOT,
     address,
     front_end_url,
     group_hosts,
@@ -26,6 +24,9 @@ from tests.conftest import (
     stats_base_url,
     testinfra_host,
     virtual_address,
+)
+from tests.conftest import (
+    playbook as run_playbook,
 )
 
 # Changes the lab (a rolling update, scaling): runs alone, after the read-only tests.
@@ -123,13 +124,7 @@ class Load:
 
 
 def playbook(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ansible-playbook", "-i", str(INVENTORY), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=LOAD_LIMIT_S,
-    )
+    return run_playbook(*args, timeout=LOAD_LIMIT_S)
 
 
 def stats(base: str = STATS) -> dict[str, str]:
