@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -65,9 +66,14 @@ def test_playbooks_pass_syntax_check(name: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_a_complete_backup_passes_the_checks(tmp_path: Path) -> None:
-    """The checks restore.yml's first play makes, alone (the next plays would reach hosts)."""
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute", "relative"])
+def test_a_complete_backup_passes_the_checks(tmp_path: Path, relative: bool) -> None:
+    """The checks restore.yml's first play makes, alone (the next plays would reach hosts).
+    A relative -e backup=<dir> is relative to where ansible-playbook runs (the lab's
+    inventory/lab/.backups/<name>), not to the role or the playbook."""
     backup = make_backup(tmp_path / "backups")
+    if relative:
+        backup = Path(os.path.relpath(backup, ROOT))
     checks = tmp_path / "checks.yml"
     checks.write_text(
         "- hosts: localhost\n"
