@@ -15,7 +15,8 @@
 #
 #   CLUSTERKIT_INVENTORY   the lab inventory to deploy and test (default inventory/lab)
 #   CLUSTERKIT_STANDALONE_INVENTORY  the one-host profile's lab (default inventory/standalone)
-#   MOLECULE_JOBS          Molecule scenarios run side by side (default 2)
+#   MOLECULE_JOBS          Molecule scenarios run side by side after the timed stages (default 2)
+#   MOLECULE_EARLY_JOBS    ... and before and beside them (default 1)
 #   LAB_TEST_JOBS          pytest-xdist workers for the read-only lab tests (default 2)
 #   UNIT_TEST_JOBS         pytest-xdist workers for tests/unit (default 2)
 #   STAGES                 run only the stages whose names match this regex (e.g. 'molecule-')
@@ -30,6 +31,7 @@ export CLUSTERKIT_INVENTORY=$INVENTORY
 # Testinfra's ansible:// hosts and every ansible-playbook below use the same inventory.
 export ANSIBLE_INVENTORY=$INVENTORY
 MOLECULE_JOBS=${MOLECULE_JOBS:-2}
+MOLECULE_EARLY_JOBS=${MOLECULE_EARLY_JOBS:-1}
 LAB_TEST_JOBS=${LAB_TEST_JOBS:-2}
 UNIT_TEST_JOBS=${UNIT_TEST_JOBS:-2}
 STAGES=${STAGES:-.}
@@ -59,8 +61,10 @@ stage() {
     echo "    FAILED (${name}, ${seconds} s); last lines of ${log}:"
     tail -n 40 "$log" | sed 's/^/    | /'
     # pytest's one-line verdicts and assertion lines, repeated at the end of the run
-    # (pytest's first; a play's fatal lines can include expected, rescued failures)
-    { grep -E '^(FAILED|ERROR) |^E  ' "$log" || true; grep -E '^fatal: |^failed: ' "$log" | tail -n 5 || true; } \
+    # (pytest's first; a play's fatal lines can include expected, rescued failures), and
+    # Molecule's verdicts (its failed step, the tasks an idempotence step found changed)
+    { grep -E '^(FAILED|ERROR) |^E  ' "$log" || true; grep -E '^fatal: |^failed: ' "$log" | tail -n 5 || true;
+      grep -E '^(CRITICAL|ERROR) |^\s*\* \[' "$log" | tail -n 10 || true; } \
       | cut -c1-300 | head -n 30 >"logs/${name}.failures"
     return 1
   fi
@@ -74,25 +78,32 @@ skip() {
     "$(awk -v a="$run_start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')" >>"$records"
 }
 
-# Molecule scenarios, MOLECULE_JOBS at a time, the longest first (so the last ones to start
-# are short). Each scenario has its own containers (<scenario>-N), ephemeral directory and
-# log; the collections are made sure of once, before (the `dependency` step then finds them).
+# Molecule scenarios, the longest first (so the last ones to start are short). They start as
+# soon as the host image is there, one at a time while the stages before them run (the lab's
+# deploy and tests use about two thirds of two cores; the one-host profiles wait for the
+# timed stages), then MOLECULE_JOBS at a time once the lab's timed stages (lab-serial, chaos)
+# are over. Each scenario has its own containers (<scenario>-N), ephemeral directory and log;
+# the collections are made sure of once, before (the `dependency` step then finds them).
 molecule_all() {
   local order=(app mongodb etcd nginx redis haproxy monitoring keepalived loadgen firewall common)
-  local scenarios=() name running=0
+  local scenarios=() name limit
   for name in "${order[@]}"; do
     [ -f "molecule/${name}/molecule.yml" ] && scenarios+=("$name")
   done
   for name in $(ls molecule/*/molecule.yml | xargs -n1 dirname | xargs -n1 basename); do
     [[ " ${scenarios[*]} " == *" ${name} "* ]] || scenarios+=("$name")
   done
+  until passed_stage lab-hosts || failed_stage lab-hosts || ! [[ lab-hosts =~ $STAGES ]]; do
+    sleep 2
+  done
   for name in "${scenarios[@]}"; do
-    if [ "$running" -ge "$MOLECULE_JOBS" ]; then
-      wait -n
-      running=$((running - 1))
-    fi
+    while :; do
+      limit=$MOLECULE_EARLY_JOBS
+      [ -e "$timed_done" ] && limit=$MOLECULE_JOBS
+      [ "$(jobs -rp | wc -l)" -lt "$limit" ] && break
+      sleep 2
+    done
     stage "molecule-${name}" molecule test -s "$name" &
-    running=$((running + 1))
   done
   wait
 }
@@ -117,6 +128,12 @@ for target in venv collections docker test-deps; do
     exit 1
   fi
 done
+
+# -- role scenarios, a lane of their own from here to the end (see molecule_all) -------------
+timed_done=logs/.timed-stages-done
+rm -f "$timed_done"
+molecule_all &
+molecule_pid=$!
 
 # -- static checks and tests without hosts, and beside them the lab's hosts ------------------
 # The hosts (image from cache, or built with debootstrap on a fresh machine: mostly downloads
@@ -148,51 +165,38 @@ else
   stage chaos python -m pytest tests/chaos -q --durations=0
 fi
 
-# -- role scenarios, and beside them the pyinfra engine on fresh hosts ----------------------
-# The two share nothing but the host image: the scenarios run on containers and networks of
-# their own (<scenario>-N), the pyinfra stages on the lab's. Neither measures time, so they
-# run side by side (the lab stages above, whose Locust gate and failover bounds do, ran alone).
-molecule_all &
-molecule_pid=$!
+# The lab's timed stages are over: the Molecule lane may run MOLECULE_JOBS scenarios at once,
+# and beside it the one-host profiles and the pyinfra engine on fresh hosts. The three share
+# nothing but the host image: the scenarios run on containers and networks of their own
+# (<scenario>-N), the one-host profiles on networks of their own, the pyinfra stages on the
+# lab's. None of them measures time (the lab stages above, whose Locust gate and failover
+# bounds do, ran beside one Molecule scenario at most).
+touch "$timed_done"
 
 # -- the one-host profiles, a lane of their own beside the Molecule scenarios and the pyinfra
 # stages: one container each on a network of its own, nothing shared with the 7-host lab.
 one_host_profiles() {
   # -- the one-host profile (inventory/standalone) -----------------------------------------
-  # One container on a network of its own: the whole stack on one host, deployed, rerun with
-  # changed=0, smoke-tested; then switched to the app's container image and tested again; removed.
+  # One container on a network of its own, reached over SSH as the login user with sudo: the
+  # whole stack on one host with the app from its container image (app_install_method: image,
+  # Podman; built on the controller), deployed, rerun with changed=0, smoke-tested (the smoke
+  # tests include tests/lab/test_ssh.py: a new session after the firewall, and a lockout
+  # refused before it reaches the host), the app tier's tests against the image; removed.
+  # The pip install on one host over SSH, and the pyinfra engine there, are the trixie stages'.
   standalone_tests() {
     CLUSTERKIT_INVENTORY=$STANDALONE ANSIBLE_INVENTORY=$STANDALONE "$@"
   }
-  stage standalone-deploy ansible-playbook -i "$STANDALONE" site.yml
+  stage standalone-deploy ansible-playbook -i "$STANDALONE" site.yml -e app_install_method=image
   if failed_stage standalone-deploy; then
-    for name in standalone-idempotence standalone-smoke standalone-pyinfra \
-      standalone-pyinfra-idempotence standalone-pyinfra-ansible-check; do
+    for name in standalone-idempotence standalone-smoke standalone-image-tests; do
       skip "$name" "standalone deploy failed"
     done
   else
-    stage standalone-idempotence bash scripts/check-idempotence.sh -i "$STANDALONE"
-    # Over SSH as the login user with sudo: the smoke tests include tests/lab/test_ssh.py (a new
-    # session after the firewall, and a lockout refused before it reaches the host).
+    stage standalone-idempotence bash scripts/check-idempotence.sh -i "$STANDALONE" \
+      -e app_install_method=image
     stage standalone-smoke standalone_tests python -m pytest tests/lab -q -m smoke
-    # The pyinfra engine over the same SSH inventory (its SSH connector, sudo): it converges the
-    # host Ansible deployed, then a rerun changes nothing, then Ansible finds nothing to change.
-    stage standalone-pyinfra standalone_tests python -m pyinfra_deploy.run
-    stage standalone-pyinfra-idempotence standalone_tests python -m pyinfra_deploy.run --check-noop
-    stage standalone-pyinfra-ansible-check bash scripts/check-idempotence.sh --check -i "$STANDALONE"
-    # The same host switched to the app's container image (app_install_method: image, Podman):
-    # built on the controller, deployed, rerun with changed=0, the app tier's tests against it.
-    stage standalone-image-deploy ansible-playbook -i "$STANDALONE" site.yml -e app_install_method=image
-    if failed_stage standalone-image-deploy; then
-      for name in standalone-image-idempotence standalone-image-tests; do
-        skip "$name" "image deploy failed"
-      done
-    else
-      stage standalone-image-idempotence bash scripts/check-idempotence.sh -i "$STANDALONE" \
-        -e app_install_method=image
-      stage standalone-image-tests standalone_tests python -m pytest -q -m "not serial" \
-        tests/lab/test_app.py tests/lab/test_broadcast.py tests/lab/test_frontends.py
-    fi
+    stage standalone-image-tests standalone_tests python -m pytest -q -m "not serial" \
+      tests/lab/test_app.py tests/lab/test_broadcast.py tests/lab/test_frontends.py
   fi
   stage standalone-teardown ansible-playbook -i "$STANDALONE" playbooks/teardown.yml
 
