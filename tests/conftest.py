@@ -203,3 +203,14 @@ def playbook(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=timeout,
     )
+
+
+def mongo_uri(user: str, password: str, source: str, direct_to: str | None = None) -> str:
+    """A MongoDB URI for the inventory's replica set (or one member, direct_to), as user."""
+    host = group_hosts("mongodb")[0]
+    port = int(setting(host, "mongodb_port"))
+    if direct_to is not None:
+        return f"mongodb://{user}:{password}@{direct_to}:{port}/?authSource={source}&directConnection=true"
+    members = ",".join(f"{address(h)}:{port}" for h in group_hosts("mongodb"))
+    replset = setting(host, "mongodb_replset_name")
+    return f"mongodb://{user}:{password}@{members}/?replicaSet={replset}&authSource={source}"

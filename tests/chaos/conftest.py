@@ -46,6 +46,7 @@ from tests.conftest import (
     address,
     group_hosts,
     lab_container,
+    mongo_uri,
     secret,
     setting,
     worker_ports,
@@ -334,16 +335,6 @@ def background_load(tmp_path: Path, seconds: int) -> Iterator[LoadRun]:
 
 
 # -- clients ----------------------------------------------------------------------------------
-
-
-def mongo_uri(user: str, password: str, source: str, direct_to: str | None = None) -> str:
-    host = group_hosts("mongodb")[0]
-    port = int(setting(host, "mongodb_port"))
-    if direct_to is not None:
-        return f"mongodb://{user}:{password}@{direct_to}:{port}/?authSource={source}&directConnection=true"
-    members = ",".join(f"{address(h)}:{port}" for h in group_hosts("mongodb"))
-    replset = setting(host, "mongodb_replset_name")
-    return f"mongodb://{user}:{password}@{members}/?replicaSet={replset}&authSource={source}"
 
 
 def mongo_member_state() -> dict[str, str]:

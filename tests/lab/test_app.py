@@ -27,6 +27,7 @@ from tests.conftest import (
     ROOT,
     address,
     group_hosts,
+    mongo_uri,
     secret,
     setting,
     testinfra_host,
@@ -65,11 +66,7 @@ def master():
 
 @pytest.fixture(scope="module")
 def mongo() -> Iterator[pymongo.database.Database]:
-    members = ",".join(f"{address(h)}:27017" for h in group_hosts("mongodb"))
-    uri = (
-        f"mongodb://clusterkit:{secret('mongodb_app_password')}@{members}/clusterkit"
-        "?replicaSet=rs0&authSource=clusterkit"
-    )
+    uri = mongo_uri("clusterkit", secret("mongodb_app_password"), "clusterkit")
     c = pymongo.MongoClient(uri, serverSelectionTimeoutMS=10000)
     yield c.clusterkit
     c.close()

@@ -31,6 +31,7 @@ from tests.conftest import (
     front_end_url,
     group_hosts,
     lab_container,
+    mongo_uri,
     secret,
     setting,
     worker_ports,
@@ -131,12 +132,7 @@ def count_requests(ids: list[str]) -> int:
     """How many of these request documents MongoDB holds (a new client, primary reads)."""
     import pymongo
 
-    members = ",".join(f"{address(h)}:27017" for h in group_hosts("mongodb"))
-    uri = (
-        f"mongodb://clusterkit:{secret('mongodb_app_password')}@{members}/clusterkit"
-        f"?replicaSet={setting(group_hosts('mongodb')[0], 'mongodb_replset_name')}"
-        "&authSource=clusterkit"
-    )
+    uri = mongo_uri("clusterkit", secret("mongodb_app_password"), "clusterkit")
     with pymongo.MongoClient(uri, serverSelectionTimeoutMS=30000) as client:
         return client.clusterkit.requests.count_documents({"_id": {"$in": ids}})
 
