@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
@@ -214,3 +216,31 @@ def mongo_uri(user: str, password: str, source: str, direct_to: str | None = Non
     members = ",".join(f"{address(h)}:{port}" for h in group_hosts("mongodb"))
     replset = setting(host, "mongodb_replset_name")
     return f"mongodb://{user}:{password}@{members}/?replicaSet={replset}&authSource={source}"
+
+
+# How long a measurement waits for the runner's background lanes to go quiet: the longest
+# Molecule scenario takes about 4 minutes on a loaded 2-core machine.
+QUIET_WAIT_S = 600
+
+
+@pytest.fixture(scope="module")
+def quiet_machine() -> Iterator[None]:
+    """A module that measures throughput runs with the test runner's background lanes held
+    (scripts/run-tests.sh, the Molecule scenarios beside the lab's stages): it asks
+    ($CLUSTERKIT_QUIET_DIR/request), waits until the lane says nothing of it runs (granted),
+    and lets the lane go on afterwards. Outside the runner there is nothing to hold."""
+    folder = os.environ.get("CLUSTERKIT_QUIET_DIR")
+    if not folder or not Path(folder).is_dir():
+        yield
+        return
+    request, granted = Path(folder) / "request", Path(folder) / "granted"
+    request.touch()
+    try:
+        deadline = time.monotonic() + QUIET_WAIT_S
+        while not granted.exists() and time.monotonic() < deadline:
+            time.sleep(2)
+        if not granted.exists():
+            print(f"quiet_machine: background lanes still busy after {QUIET_WAIT_S} s")
+        yield
+    finally:
+        request.unlink(missing_ok=True)

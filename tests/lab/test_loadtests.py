@@ -24,8 +24,9 @@ from tests.conftest import (
     worker_ports,
 )
 
-# Measures throughput and stops a worker: runs alone, after the read-only tests.
-pytestmark = pytest.mark.serial
+# Measures throughput and stops a worker: runs alone, after the read-only tests, with the
+# test runner's background lanes held (quiet_machine).
+pytestmark = [pytest.mark.serial, pytest.mark.usefixtures("quiet_machine")]
 
 STATS = stats_url()
 RUN_S = 30
