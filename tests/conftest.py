@@ -107,6 +107,10 @@ def testinfra_host(host: str):
     )
 
 
+# Its name starts with "test": pytest would collect it in every module that imports it.
+testinfra_host.__test__ = False  # type: ignore[attr-defined]
+
+
 @cache
 def role_defaults(role: str) -> dict:
     return yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text()) or {}
