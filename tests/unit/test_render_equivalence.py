@@ -95,7 +95,7 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     (
         "firewall/rules.nft.j2",
         "data1",
-        {"firewall_rules_name": "x", "firewall_rules_resolved": RULES},
+        {"firewall_rules_name": "x", "firewall__rules_resolved": RULES},
     ),
     ("keepalived/check-frontend.sh.j2", "lb1", {}),
     ("keepalived/keepalived.conf.j2", "lb1", {"keepalived__interface": "eth0"}),

@@ -1,0 +1,80 @@
+"""The roles' conventions, checked over every role so that a new one cannot drift from them:
+
+- a role has a README, an argument spec (`meta/argument_specs.yml`) and tasks;
+- every public default (`<role>_name`) is an option of one of the role's entry points, so that
+  preflight checks its type, and is named in the role's README;
+- a default that is derived, not meant to be set, carries the internal prefix (`<role>__name`)
+  and is not an option;
+- every template of the kit starts with `{{ ansible_managed | comment }}` (after a shebang).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLES = sorted(p for p in (ROOT / "roles").iterdir() if (p / "tasks").is_dir())
+TEMPLATES = sorted((ROOT / "templates").rglob("*.j2"))
+
+
+def load(path: Path) -> dict:
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+
+
+def defaults(role: Path) -> dict:
+    return load(role / "defaults" / "main.yml")
+
+
+def entry_points(role: Path) -> dict[str, dict]:
+    return load(role / "meta" / "argument_specs.yml").get("argument_specs", {})
+
+
+def options(role: Path) -> dict[str, dict]:
+    merged: dict[str, dict] = {}
+    for entry in entry_points(role).values():
+        merged |= entry.get("options") or {}
+    return merged
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_a_role_has_a_readme_a_spec_and_tasks(role: Path) -> None:
+    assert (role / "README.md").is_file(), f"{role.name}: no README.md"
+    assert entry_points(role), f"{role.name}: no meta/argument_specs.yml entry points"
+    for entry in entry_points(role):
+        assert (role / "tasks" / f"{entry}.yml").is_file(), f"{role.name}: no tasks/{entry}.yml"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_every_default_carries_the_role_prefix(role: Path) -> None:
+    wrong = [name for name in defaults(role) if not name.startswith(f"{role.name}_")]
+    assert not wrong, f"{role.name}: defaults without the prefix {role.name}_: {wrong}"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_every_public_default_is_an_option_and_every_internal_one_is_not(role: Path) -> None:
+    spec = options(role)
+    public = [name for name in defaults(role) if not name.startswith(f"{role.name}__")]
+    internal = [name for name in defaults(role) if name.startswith(f"{role.name}__")]
+    assert not [n for n in public if n not in spec], (
+        f"{role.name}: defaults no entry point declares (add them to meta/argument_specs.yml, "
+        f"or name a derived value {role.name}__...): {[n for n in public if n not in spec]}"
+    )
+    assert not [n for n in internal if n in spec], f"{role.name}: internal names declared"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_every_public_default_is_named_in_the_role_readme(role: Path) -> None:
+    readme = (role / "README.md").read_text()
+    public = [name for name in defaults(role) if not name.startswith(f"{role.name}__")]
+    missing = [name for name in public if name not in readme]
+    assert not missing, f"{role.name}: README.md does not name {missing}"
+
+
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_template_starts_with_the_managed_comment(template: Path) -> None:
+    lines = template.read_text().splitlines()
+    head = lines[1:3] if lines and lines[0].startswith("#!") else lines[:2]
+    assert any("ansible_managed" in line for line in head), f"{template}: {lines[:1]}"
