@@ -192,6 +192,18 @@ BAD = {
         "Port clash on data1.example.internal: port 6379 is used by Redis (redis_port) and etcd "
         "peers (etcd_peer_port)",
     ),
+    "port-out-of-range": (
+        with_vars(redis_port=70000),
+        "redis_port=70000 on data1.example.internal: a port is a whole number from 1 to 65535",
+    ),
+    "port-zero": (
+        with_host_vars("app1.example.internal", "app_workers", app_worker_base_port=0),
+        "app_worker_base_port=0 on app1.example.internal: a port is a whole number",
+    ),
+    "port-empty": (
+        with_vars(etcd_client_port=""),
+        "argument 'etcd_client_port' is of type str and we were unable to convert to int",
+    ),
     "empty-redis-password": (
         with_vars(redis_password=""),
         "redis_password is set to an empty value for data1.example.internal",
