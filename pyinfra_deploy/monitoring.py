@@ -79,7 +79,7 @@ def exporters(v: Vars) -> None:
             unit_files.append(
                 template(
                     v,
-                    f"monitoring/mongodb-metrics.{kind}.j2",
+                    f"exporters/mongodb-metrics.{kind}.j2",
                     f"/etc/systemd/system/{MONGODB_PROBE}.{kind}",
                 )
             )

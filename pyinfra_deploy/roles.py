@@ -155,7 +155,7 @@ def dropin(
         name=f"Create {directory}", path=directory, user="root", group="root", mode="0755"
     )
     op = template(
-        v, "systemd/dropin.conf.j2", f"{directory}/{name}.conf", common_dropin_settings=settings
+        v, "common/dropin.conf.j2", f"{directory}/{name}.conf", common_dropin_settings=settings
     )
     reload = "systemctl daemon-reexec" if unit == "system.conf" else "systemctl daemon-reload"
     shell(f"Reload systemd for {unit}", [reload], _if=changed(op))

@@ -1,4 +1,4 @@
-"""Render the kit's templates (templates/<role>/*.j2) exactly as Ansible's template module
+"""Render the kit's templates (roles/<role>/templates/*.j2, named "<role>/<file>") exactly as Ansible's template module
 does: trim_blocks, no lstrip_blocks, the trailing newline kept, undefined variables an error,
 `ansible_managed` = "Ansible managed", and Ansible's own filters and tests (`comment`, `bool`,
 `regex_replace` ...) where Jinja has none of its own."""
@@ -13,14 +13,20 @@ import jinja2
 
 from pyinfra_deploy.variables import ROOT, add_ansible_plugins
 
-TEMPLATES = ROOT / "templates"
+ROLES = ROOT / "roles"
 ANSIBLE_MANAGED = "Ansible managed"
 
 
 @cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        loader=jinja2.PrefixLoader(
+            {
+                role.name: jinja2.FileSystemLoader(str(role / "templates"))
+                for role in sorted(ROLES.iterdir())
+                if (role / "templates").is_dir()
+            }
+        ),
         trim_blocks=True,
         lstrip_blocks=False,
         keep_trailing_newline=True,
@@ -63,7 +69,7 @@ class Layers(Mapping[str, Any]):
 
 
 def render(name: str, variables: Mapping[str, Any], **extra: Any) -> str:
-    """Render templates/<name> with a host's variables plus task variables `extra`."""
+    """Render "<role>/<file>" (roles/<role>/templates/<file>) with a host's variables plus task variables `extra`."""
     template = environment().get_template(name)
     context = template.new_context(
         Layers({"ansible_managed": ANSIBLE_MANAGED, **extra}, variables), shared=True

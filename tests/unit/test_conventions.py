@@ -17,7 +17,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = sorted(p for p in (ROOT / "roles").iterdir() if (p / "tasks").is_dir())
-TEMPLATES = sorted((ROOT / "templates").rglob("*.j2"))
+TEMPLATES = sorted((ROOT / "roles").glob("*/templates/*.j2"))
 
 
 def load(path: Path) -> dict:

@@ -19,7 +19,7 @@ import yaml
 from tests.unit._render import environment, trusted
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ROOT / "templates" / "app"
+TEMPLATES = ROOT / "roles" / "app" / "templates"
 ROLE = ROOT / "roles" / "app"
 
 

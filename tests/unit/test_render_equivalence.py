@@ -1,4 +1,4 @@
-"""Every template in templates/ renders byte for byte the same through both engines.
+"""Every template in roles/*/templates/ renders byte for byte the same through both engines.
 
 The variables are the lab's, resolved by the pyinfra deploy's own code (role defaults and
 vars over the inventory, secrets generated into a copy of the inventory), plus the task
@@ -19,7 +19,7 @@ from typing import Any
 import jinja2.meta
 import pytest
 
-from pyinfra_deploy.templating import TEMPLATES, Layers, environment, render
+from pyinfra_deploy.templating import ROLES, Layers, environment, render
 from pyinfra_deploy.variables import ROOT, World
 
 DROPIN = {"Service": {"PrivateUsers": False, "ExecStart": ["", "/usr/bin/x --y"], "Restart": 5}}
@@ -145,8 +145,8 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
             "monitoring_default_env": {},
         },
     ),
-    ("monitoring/mongodb-metrics.service.j2", "data1", {}),
-    ("monitoring/mongodb-metrics.timer.j2", "data2", {}),
+    ("exporters/mongodb-metrics.service.j2", "data1", {}),
+    ("exporters/mongodb-metrics.timer.j2", "data2", {}),
     ("nginx/index.html.j2", "lb1", {}),
     ("nginx/nginx.conf.j2", "lb1", {}),
     (
@@ -172,13 +172,19 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
         {"redis__primary_host": "10.77.0.31", "redis__primary_port": "6379"},
     ),
     ("redis/redis.conf.j2", "data1", {"redis_save": [], "redis_extra_config": {"a-b": 1}}),
-    ("systemd/dropin.conf.j2", "data1", {"common_dropin_settings": DROPIN}),
+    ("common/dropin.conf.j2", "data1", {"common_dropin_settings": DROPIN}),
 ]
 
 
 def test_every_template_has_a_case() -> None:
-    names = {str(p.relative_to(TEMPLATES)) for p in TEMPLATES.rglob("*.j2")}
+    names = {f"{p.parts[-3]}/{p.name}" for p in ROLES.glob("*/templates/*.j2")}
     assert names == {case[0] for case in CASES}
+
+
+def source_path(name: str) -> Path:
+    """The file behind "<role>/<file>": roles/<role>/templates/<file>."""
+    role, file = name.split("/", 1)
+    return ROLES / role / "templates" / file
 
 
 def plain(value: Any) -> Any:
@@ -226,7 +232,7 @@ def both(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str, str]]
         tasks.append(
             {
                 "name": f"render {name}",
-                "ansible.builtin.template": {"src": str(TEMPLATES / name), "dest": str(dest)},
+                "ansible.builtin.template": {"src": str(source_path(name)), "dest": str(dest)},
                 "vars": values,
             }
         )

@@ -22,7 +22,7 @@ import yaml
 from tests.unit._render import environment
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ROOT / "templates" / "etcd"
+TEMPLATES = ROOT / "roles" / "etcd" / "templates"
 VALIDATOR = ROOT / "roles" / "etcd" / "files" / "clusterkit-etcd-validate"
 DEFAULTS = yaml.safe_load((ROOT / "roles" / "etcd" / "defaults" / "main.yml").read_text())
 

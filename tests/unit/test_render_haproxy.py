@@ -19,7 +19,7 @@ import yaml
 from tests.unit._render import environment
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ROOT / "templates" / "haproxy"
+TEMPLATES = ROOT / "roles" / "haproxy" / "templates"
 DEFAULTS = yaml.safe_load((ROOT / "roles" / "haproxy" / "defaults" / "main.yml").read_text())
 SPECS = yaml.safe_load((ROOT / "roles" / "haproxy" / "meta" / "argument_specs.yml").read_text())
 ROLE_VARS = yaml.safe_load((ROOT / "roles" / "haproxy" / "vars" / "main.yml").read_text())

@@ -20,7 +20,7 @@ import yaml
 from tests.unit._render import environment, trusted
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ROOT / "templates" / "loadgen"
+TEMPLATES = ROOT / "roles" / "loadgen" / "templates"
 ROLE = ROOT / "roles" / "loadgen"
 UNIT = "clusterkit-locust-worker@.service"
 

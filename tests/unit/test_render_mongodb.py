@@ -22,7 +22,7 @@ import yaml
 from tests.unit._render import environment
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ROOT / "templates" / "mongodb"
+TEMPLATES = ROOT / "roles" / "mongodb" / "templates"
 DEFAULTS = yaml.safe_load((ROOT / "roles" / "mongodb" / "defaults" / "main.yml").read_text())
 
 

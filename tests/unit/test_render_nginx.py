@@ -21,7 +21,7 @@ import yaml
 from tests.unit._render import environment
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ROOT / "templates" / "nginx"
+TEMPLATES = ROOT / "roles" / "nginx" / "templates"
 DEFAULTS = yaml.safe_load((ROOT / "roles" / "nginx" / "defaults" / "main.yml").read_text())
 SPECS = yaml.safe_load((ROOT / "roles" / "nginx" / "meta" / "argument_specs.yml").read_text())
 

@@ -19,7 +19,7 @@ import yaml
 from tests.unit._render import environment
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ROOT / "templates" / "redis"
+TEMPLATES = ROOT / "roles" / "redis" / "templates"
 VALIDATOR = ROOT / "roles" / "redis" / "files" / "clusterkit-redis-validate"
 DEFAULTS = yaml.safe_load((ROOT / "roles" / "redis" / "defaults" / "main.yml").read_text())
 
