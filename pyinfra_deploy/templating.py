@@ -1,7 +1,7 @@
-"""Render the kit's templates (roles/<role>/templates/*.j2, named "<role>/<file>") exactly as Ansible's template module
-does: trim_blocks, no lstrip_blocks, the trailing newline kept, undefined variables an error,
-`ansible_managed` = "Ansible managed", and Ansible's own filters and tests (`comment`, `bool`,
-`regex_replace` ...) where Jinja has none of its own."""
+"""Render the kit's templates (roles/<role>/templates/*.j2, named "<role>/<file>") exactly as
+Ansible's template module does: trim_blocks, no lstrip_blocks, the trailing newline kept,
+undefined variables an error, `ansible_managed` = "Ansible managed", and Ansible's own filters
+and tests (`comment`, `bool`, `regex_replace` ...) where Jinja has none of its own."""
 
 from __future__ import annotations
 
@@ -69,8 +69,17 @@ class Layers(Mapping[str, Any]):
 
 
 def render(name: str, variables: Mapping[str, Any], **extra: Any) -> str:
-    """Render "<role>/<file>" (roles/<role>/templates/<file>) with a host's variables plus task variables `extra`."""
-    template = environment().get_template(name)
+    """Render "<role>/<file>" (roles/<role>/templates/<file>) with a host's variables plus task
+    variables `extra`."""
+    return _render(environment().get_template(name), variables, extra)
+
+
+def render_source(source: str, variables: Mapping[str, Any], **extra: Any) -> str:
+    """Render template text (not a file of a role) the same way."""
+    return _render(environment().from_string(source), variables, extra)
+
+
+def _render(template: jinja2.Template, variables: Mapping[str, Any], extra: Any) -> str:
     context = template.new_context(
         Layers({"ansible_managed": ANSIBLE_MANAGED, **extra}, variables), shared=True
     )

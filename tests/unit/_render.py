@@ -1,24 +1,60 @@
-"""The Jinja environment the render tests share: Ansible's template settings and its own
-`comment` and `bool` filters, so a template renders here as it does in a play."""
+"""The one render helper of the template tests: a template of roles/<role>/templates/, named
+"<role>/<file>", rendered for a host of the lab inventory through the pyinfra engine's own
+Jinja environment and variables (test_render_equivalence proves both engines render the same
+bytes as Ansible's template module).
+
+    render("redis/redis.conf.j2", "data1", redis_save=[])
+
+`overrides` take the place of a task's `vars:`: they win over the inventory and the role
+defaults, and the role's derived defaults are computed from them (as in a play).
+"""
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
+from functools import cache
 from pathlib import Path
+from typing import Any
 
-import jinja2
-from ansible.plugins.filter.core import comment, to_bool
+from pyinfra_deploy import templating
+from pyinfra_deploy.variables import ROOT, HostVars, World
+
+LAB_RELEASE = {"ansible_distribution": "Debian", "ansible_distribution_release": "bookworm"}
 
 
-def environment(templates: Path) -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates)),
-        trim_blocks=True,
-        keep_trailing_newline=True,
-        undefined=jinja2.StrictUndefined,
+@cache
+def lab() -> World:
+    """The variables of a private copy of inventory/lab (its secrets generated there), with the
+    facts the deploy reads from each host set to the lab's release."""
+    tmp = Path(tempfile.mkdtemp(prefix="clusterkit-render-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    inventory = tmp / "inventory"
+    shutil.copytree(
+        ROOT / "inventory" / "lab", inventory, ignore=shutil.ignore_patterns(".secrets")
     )
-    env.filters["comment"] = comment
-    env.filters["bool"] = to_bool
-    return env
+    world = World(inventory)
+    for host in world:
+        for fact, value in LAB_RELEASE.items():
+            world[host].set(fact, value)
+    return world
+
+
+def host_vars(host: str, **overrides: Any) -> HostVars:
+    """A lab host's variables with `overrides` as task variables (and the lab's release as the
+    facts the deploy reads from the host)."""
+    return HostVars(lab(), host, {**LAB_RELEASE, **overrides})
+
+
+def render(template: str, host: str, **overrides: Any) -> str:
+    """roles/<role>/templates/<file> ("<role>/<file>") as the deploy writes it on `host`."""
+    return templating.render(template, host_vars(host, **overrides))
+
+
+def render_text(source: str, host: str, **overrides: Any) -> str:
+    """Template text (e.g. an edited copy of a role's template) rendered the same way."""
+    return templating.render_source(source, host_vars(host, **overrides))
 
 
 def trusted(value: object) -> object:
@@ -32,22 +68,3 @@ def trusted(value: object) -> object:
     if isinstance(value, list):
         return [trusted(v) for v in value]
     return value
-
-
-def lab_world(tmp_path_factory, name: str):
-    """The pyinfra engine's variables of a copy of inventory/lab (secrets generated there)."""
-    import shutil
-
-    from pyinfra_deploy.variables import ROOT, World
-
-    inventory = tmp_path_factory.mktemp(name) / "inventory"
-    shutil.copytree(
-        ROOT / "inventory" / "lab", inventory, ignore=shutil.ignore_patterns(".secrets")
-    )
-    world = World(inventory)
-    # The facts the deploy sets from each host (pyinfra_deploy.roles.host_release): the lab's
-    # release, not whatever a fact cache of an earlier run holds.
-    for host in world:
-        world[host].set("ansible_distribution", "Debian")
-        world[host].set("ansible_distribution_release", "bookworm")
-    return world

@@ -1,7 +1,7 @@
 """Render the app tier's templates and derived variables without any host.
 
-Templates go through a plain Jinja2 environment set up the way Ansible renders them
-(trim_blocks, keep_trailing_newline, the `comment` filter); the role's derived variables
+Templates are rendered for app1 of the lab inventory (tests.unit._render) with the values
+under test; the role's derived variables
 (master of each node ID, worker ports, connection strings, environment files) go through
 Ansible's own Templar with a made-up inventory.
 """
@@ -16,16 +16,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.unit._render import environment, trusted
+from tests.unit._render import render as render_template
+from tests.unit._render import trusted
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ROOT / "roles" / "app" / "templates"
 ROLE = ROOT / "roles" / "app"
 
 
 def render(name: str, **variables: object) -> str:
-    env = environment(TEMPLATES)
-    return env.get_template(name).render(ansible_managed="Ansible managed", **variables)
+    return render_template(f"app/{name}", "app1", **variables)
 
 
 UNIT_VARS = {

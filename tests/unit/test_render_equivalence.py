@@ -10,7 +10,6 @@ outputs must be identical, `{{ ansible_managed | comment }}` header included.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,8 @@ import jinja2.meta
 import pytest
 
 from pyinfra_deploy.templating import ROLES, Layers, environment, render
-from pyinfra_deploy.variables import ROOT, World
+from pyinfra_deploy.variables import ROOT
+from tests.unit._render import lab
 
 DROPIN = {"Service": {"PrivateUsers": False, "ExecStart": ["", "/usr/bin/x --y"], "Restart": 5}}
 RULES = [
@@ -195,16 +195,8 @@ def plain(value: Any) -> Any:
 @pytest.fixture(scope="session")
 def both(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str, str]]:
     tmp = tmp_path_factory.mktemp("equivalence")
-    inventory = tmp / "inventory"
-    shutil.copytree(
-        ROOT / "inventory" / "lab", inventory, ignore=shutil.ignore_patterns(".secrets")
-    )
-    world = World(inventory)
-    # The facts the deploy sets from the host (pyinfra_deploy.roles.host_release): the lab
-    # runs bookworm; a trixie value is a case's own (e.g. nginx_http2_directive).
-    for name in world:
-        world[name].set("ansible_distribution", "Debian")
-        world[name].set("ansible_distribution_release", "bookworm")
+    # The lab runs bookworm; a trixie value is a case's own (e.g. nginx_http2_directive).
+    world = lab()
     lab_defaults = {
         "lab_base_image": "clusterkit/debian-base:bookworm",
         "lab_debian_mirror": "http://deb.debian.org/debian",

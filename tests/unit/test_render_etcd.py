@@ -1,8 +1,7 @@
 """Render the etcd config template the way Ansible does and check what etcd would read.
 
-The template is rendered with a plain Jinja2 environment (trim_blocks, keep_trailing_newline,
-a stand-in for Ansible's `comment` filter; otherwise only Jinja2's own filters), with the
-role's defaults and the bootstrap values the role works out. The result must load as YAML
+The template is rendered for data1 of the lab inventory (tests.unit._render) with the
+bootstrap values the role works out. The result must load as YAML
 with the expected settings and pass the role's validation helper. When an etcd binary is on
 the controller ($ETCD_BIN, the app's test cache filled by app/scripts/test-deps.sh, or PATH),
 the helper also starts a throwaway etcd on it, as the role's `validate:` step does on hosts.
@@ -19,28 +18,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.unit._render import environment
+from tests.unit._render import render as render_template
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ROOT / "roles" / "etcd" / "templates"
 VALIDATOR = ROOT / "roles" / "etcd" / "files" / "clusterkit-etcd-validate"
-DEFAULTS = yaml.safe_load((ROOT / "roles" / "etcd" / "defaults" / "main.yml").read_text())
 
 CLUSTER = "data1=http://10.77.0.31:2380,data2=http://10.77.0.32:2380,data3=http://10.77.0.33:2380"
 
 
-def render(**overrides) -> str:
-    env = environment(TEMPLATES)
-    variables = {k: v for k, v in DEFAULTS.items() if "{{" not in str(v)}
-    variables.update(
-        ansible_managed="Ansible managed",
-        etcd_name="data1",
-        etcd_address="10.77.0.31",
-        etcd__initial_cluster=CLUSTER,
-        etcd__initial_cluster_state="new",
-    )
-    variables.update(overrides)
-    return env.get_template("etcd.conf.yml.j2").render(**variables)
+def render(**overrides: object) -> str:
+    bootstrap = {"etcd__initial_cluster": CLUSTER, "etcd__initial_cluster_state": "new"}
+    return render_template("etcd/etcd.conf.yml.j2", "data1", **{**bootstrap, **overrides})
 
 
 def etcd_binary() -> str | None:

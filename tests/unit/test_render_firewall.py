@@ -13,12 +13,12 @@ import pytest
 
 from pyinfra_deploy.templating import render
 from pyinfra_deploy.variables import HostVars, World
-from tests.unit._render import lab_world
+from tests.unit._render import lab
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    return lab_world(tmp_path_factory, "firewall")
+def world() -> World:
+    return lab()
 
 
 def rules_file(world: World, host: str, role: str, rules: Any = None) -> str:

@@ -1,8 +1,7 @@
 """Render the haproxy template the way Ansible does and check what HAProxy would read.
 
-A plain Jinja2 environment (trim_blocks, keep_trailing_newline, stand-ins for Ansible's
-`comment` and `bool` filters) renders templates/haproxy/haproxy.cfg.j2 with the role's
-defaults and a representative inventory (two app hosts, two workers each). The output is
+roles/haproxy/templates/haproxy.cfg.j2 is rendered for lb1 of the lab inventory
+(tests.unit._render) with a representative app tier (two app hosts, two workers each). The output is
 split into sections and checked; when a `haproxy` binary is on the controller, the file also
 goes through `haproxy -c`, as the role's `validate:` step does.
 """
@@ -16,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.unit._render import environment
+from tests.unit._render import render as render_template
+from tests.unit._render import render_text
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "roles" / "haproxy" / "templates"
@@ -32,24 +32,25 @@ SERVERS = [
 HASH = "$6$0123456789abcdef$" + "x" * 86
 
 
-def render(source: str | None = None, **overrides) -> str:
-    """haproxy.cfg.j2 (or the template text `source`) with representative variables."""
-    env = environment(TEMPLATES)
-    variables = dict(DEFAULTS)
-    variables.update(
-        ansible_managed="Ansible managed",
-        haproxy_api_bind_addresses=["10.77.0.10", "127.0.0.1"],
-        haproxy_stats_bind_addresses=["10.77.0.10", "127.0.0.1"],
-        haproxy_stats_virtual_addresses=[],
-        haproxy_backend_servers=SERVERS,
-        haproxy_stats_password="not-used-by-the-template",
-        haproxy_stats_password_hash=HASH,
-        haproxy_idle_close=True,
-        haproxy_legacy_servers=[],
-    )
-    variables.update(overrides)
-    template = env.from_string(source) if source else env.get_template("haproxy.cfg.j2")
-    return template.render(**variables)
+# lb1 of the lab with a representative app tier (two app hosts, two workers each).
+SCENARIO = {
+    "haproxy_api_bind_addresses": ["10.77.0.10", "127.0.0.1"],
+    "haproxy_stats_bind_addresses": ["10.77.0.10", "127.0.0.1"],
+    "haproxy_stats_virtual_addresses": [],
+    "haproxy_backend_servers": SERVERS,
+    "haproxy_stats_password": "not-used-by-the-template",
+    "haproxy_stats_password_hash": HASH,
+    "haproxy_idle_close": True,
+    "haproxy_legacy_servers": [],
+}
+
+
+def render(source: str | None = None, **overrides: object) -> str:
+    """haproxy.cfg.j2 (or the template text `source`) for the scenario."""
+    variables = {**SCENARIO, **overrides}
+    if source:
+        return render_text(source, "lb1", **variables)
+    return render_template("haproxy/haproxy.cfg.j2", "lb1", **variables)
 
 
 def sections(text: str) -> dict[str, list[list[str]]]:

@@ -16,12 +16,12 @@ import pytest
 
 from pyinfra_deploy.templating import render
 from pyinfra_deploy.variables import ROOT, HostVars, World
-from tests.unit._render import lab_world
+from tests.unit._render import lab
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    return lab_world(tmp_path_factory, "keepalived")
+def world() -> World:
+    return lab()
 
 
 def conf(world: World, host: str, **overrides: object) -> str:

@@ -1,7 +1,7 @@
 """Render the load generation worker unit and the loadgen role's defaults without any host.
 
-The template goes through a plain Jinja2 environment set up the way Ansible renders it
-(trim_blocks, keep_trailing_newline, the `comment` filter); the role's defaults and derived
+The template is rendered with the lab inventory (tests.unit._render); the
+role's defaults and derived
 variables (Locust version from requirements.txt, workers per host from the vCPUs) go through
 Ansible's own Templar.
 """
@@ -17,20 +17,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.unit._render import environment, trusted
+from tests.unit._render import render as render_template
+from tests.unit._render import trusted
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ROOT / "roles" / "loadgen" / "templates"
 ROLE = ROOT / "roles" / "loadgen"
 UNIT = "clusterkit-locust-worker@.service"
 
 
 def render(**overrides: object) -> str:
-    env = environment(TEMPLATES)
-    variables = {**UNIT_VARS, **overrides}
-    return env.get_template("locust-worker.service.j2").render(
-        ansible_managed="Ansible managed", **variables
-    )
+    # The lab has no load generators; every host carries the role's defaults.
+    return render_template("loadgen/locust-worker.service.j2", "app1", **{**UNIT_VARS, **overrides})
 
 
 UNIT_VARS = {

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from pyinfra_deploy.templating import render
-from tests.unit._render import lab_world
+from tests.unit._render import lab
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "roles" / "monitoring" / "files" / "rules"
@@ -33,8 +33,8 @@ def tools() -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return lab_world(tmp_path_factory, "monitoring")
+def world():
+    return lab()
 
 
 def run(tool: Path, *args: str, cwd: Path | None = None) -> str:

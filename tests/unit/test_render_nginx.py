@@ -1,10 +1,10 @@
 """Render the nginx templates the way Ansible does and check what nginx would read.
 
-A plain Jinja2 environment (trim_blocks, keep_trailing_newline, stand-ins for Ansible's
-`comment` and `bool` filters) renders templates/nginx/nginx.conf.j2 with the role's defaults
-and variations (TLS, redirect, rate limiting, escape hatches). A small parser turns the
-output into a tree of directives, which is checked; when an `nginx` binary is on the
-controller, the file also goes through `nginx -t`, as the role's `validate:` step does.
+roles/nginx/templates/nginx.conf.j2 is rendered for lb1 of the lab inventory
+(tests.unit._render) with one upstream server and variations (TLS, redirect, rate limiting,
+escape hatches). A small parser turns the output into a tree of directives, which is checked;
+when an `nginx` binary is on the controller, the file also goes through `nginx -t`, as the
+role's `validate:` step does.
 """
 
 from __future__ import annotations
@@ -18,25 +18,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.unit._render import environment
+from tests.unit._render import render as render_template
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ROOT / "roles" / "nginx" / "templates"
 DEFAULTS = yaml.safe_load((ROOT / "roles" / "nginx" / "defaults" / "main.yml").read_text())
 SPECS = yaml.safe_load((ROOT / "roles" / "nginx" / "meta" / "argument_specs.yml").read_text())
 
 
-def render(name: str = "nginx.conf.j2", **overrides) -> str:
-    env = environment(TEMPLATES)
-    variables = dict(DEFAULTS)
-    variables.update(
-        ansible_managed="Ansible managed",
-        inventory_hostname="lb1",
-        nginx_upstream_servers=["127.0.0.1:8000"],
-        nginx_tls_self_signed_names=["DNS:lb1", "IP:127.0.0.1"],
-    )
-    variables.update(overrides)
-    return env.get_template(name).render(**variables)
+def render(name: str = "nginx.conf.j2", **overrides: object) -> str:
+    single = {"nginx_upstream_servers": ["127.0.0.1:8000"]}
+    return render_template(f"nginx/{name}", "lb1", **{**single, **overrides})
 
 
 @dataclass

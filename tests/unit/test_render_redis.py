@@ -1,9 +1,9 @@
 """Render the redis templates the way Ansible does and check what Redis would read.
 
-The templates are rendered with a plain Jinja2 environment (trim_blocks, keep_trailing_newline,
-and a stand-in for Ansible's `comment` filter), with the role's defaults. When a redis-server
-binary is on the controller (or redis-tools' redis-check-rdb, the same binary), the rendered
-file also goes through the role's validation helper, as the role's `validate:` step does.
+The templates are rendered for data1 of the lab inventory (tests.unit._render), in the
+single-Redis profile. When a redis-server binary is on the controller (or redis-tools'
+redis-check-rdb, the same binary), the rendered file also goes through the role's validation
+helper, as the role's `validate:` step does.
 """
 
 from __future__ import annotations
@@ -14,32 +14,26 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.unit._render import environment
+from tests.unit._render import render as render_template
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ROOT / "roles" / "redis" / "templates"
 VALIDATOR = ROOT / "roles" / "redis" / "files" / "clusterkit-redis-validate"
-DEFAULTS = yaml.safe_load((ROOT / "roles" / "redis" / "defaults" / "main.yml").read_text())
 
 # Multi-valued directives: every other directive may appear once only.
 REPEATABLE = {"save", "rename-command", "include"}
 
 
-def render(name: str, **overrides) -> str:
-    env = environment(TEMPLATES)
-    variables = dict(DEFAULTS)
-    variables.update(
-        ansible_managed="Ansible managed",
-        redis_bind_address="10.77.0.31",
-        redis_password="s3cretPassw0rd",
-        # the single-Redis profile; the Sentinel profile: test_render_equivalence
-        redis_sentinel_enabled=False,
-        redis_min_replicas_to_write=0,
-    )
-    variables.update(overrides)
-    return env.get_template(name).render(**variables)
+# The single-Redis profile on data1 (the Sentinel profile: test_render_equivalence).
+SINGLE_REDIS = {
+    "redis_password": "s3cretPassw0rd",
+    "redis_sentinel_enabled": False,
+    "redis_min_replicas_to_write": 0,
+}
+
+
+def render(name: str, **overrides: object) -> str:
+    return render_template(f"redis/{name}", "data1", **{**SINGLE_REDIS, **overrides})
 
 
 def split_args(line: str) -> list[str]:
