@@ -417,11 +417,11 @@ def test_defaults_argument_spec_and_readme_list_the_same_variables() -> None:
 
 
 def test_pyinfra_engine_refuses_the_image_method() -> None:
-    from pyinfra_deploy import roles
+    from pyinfra_deploy.roles.app import refuse_unsupported
 
     class Host(dict):
         name = "app1"
 
     with pytest.raises(RuntimeError, match="app_install_method=image is not implemented"):
-        roles.app_refuse_unsupported(Host(app_install_method="image"))
-    roles.app_refuse_unsupported(Host(app_install_method="pip"))
+        refuse_unsupported(Host(app_install_method="image"))
+    refuse_unsupported(Host(app_install_method="pip"))

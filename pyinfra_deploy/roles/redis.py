@@ -1,10 +1,9 @@
-"""The redis role for the pyinfra engine: one primary, replicas and a Sentinel on each host
-of group redis (a single Redis, no Sentinel, when the group has one host), from the same
-templates, variables and helper scripts as roles/redis. Redis starts through
-clusterkit-redis-ha (as a replica of the current primary); members whose config is newer than
-their running server are restarted one at a time, the primary first, each serving again
-before the next one stops; Sentinel's own file is written once and its monitoring settings
-are enforced at run time. deploy.py calls it on the hosts of group redis.
+"""The redis role (roles/redis): one primary, replicas and a Sentinel on each host of group
+redis (a single Redis, no Sentinel, when the group has one host), from the same templates,
+variables and helper scripts. Redis starts through clusterkit-redis-ha (as a replica of the
+current primary); members whose config is newer than their running server are restarted one
+at a time, the primary first, each serving again before the next one stops; Sentinel's own
+file is written once and its monitoring settings are enforced at run time.
 """
 
 from __future__ import annotations
@@ -16,8 +15,20 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import FunctionCommand, deploy
 
-from pyinfra_deploy.ops import Command, ensure, installed_file, nothing, run
-from pyinfra_deploy.roles import Vars, apt, dropin, firewall_rules, q, service, template
+from pyinfra_deploy.helpers import (
+    Command,
+    Vars,
+    apt_install,
+    enable_and_start,
+    ensure,
+    installed_file,
+    mark_changed,
+    quote,
+    run_now,
+    write_template,
+)
+from pyinfra_deploy.roles.common import systemd_dropin
+from pyinfra_deploy.roles.firewall import role_rules
 from pyinfra_deploy.templating import render
 from pyinfra_deploy.variables import ROOT
 
@@ -38,14 +49,14 @@ SENTINEL_FILES = [
 found: dict[str, Any] = {"primary": None, "stale": {}}
 
 
-def unchanged() -> Generator[Command, None, None]:
+def _unchanged() -> Generator[Command, None, None]:
     """The body of an operation whose check only looks (and never asks for a change)."""
     yield from ()
 
 
-def helper(command: str) -> dict[str, Any]:
+def _ha(command: str) -> dict[str, Any]:
     """clusterkit-redis-ha COMMAND on the current host; its JSON answer."""
-    ok, out = run(f"{HA} {command}")
+    ok, out = run_now(f"{HA} {command}")
     try:
         answer = json.loads("\n".join(out) or "{}")
     except ValueError:
@@ -53,40 +64,45 @@ def helper(command: str) -> dict[str, Any]:
     return {**answer, "ok": ok}
 
 
-def primary(v: Vars) -> str:
+def _primary(v: Vars) -> str:
     """The primary a majority of the running Sentinels report, else redis_initial_primary.
     Asked once per run (Ansible: run_once)."""
     if found["primary"] is None:
-        answer = helper("primary")
+        answer = _ha("primary")
         initial = f"{v['redis_initial_primary_address']}:{v['redis_initial_primary_port']}"
         found["primary"] = answer.get("primary") or initial
     return str(found["primary"])
 
 
-def reported(command: str) -> Callable[[], Generator[Command, None, None]]:
+def _reported(command: str) -> Callable[[], Generator[Command, None, None]]:
     """An operation body for a helper command that changed the host itself (it said so)."""
-    return lambda: iter([FunctionCommand(nothing, (command,), {})])
+    return lambda: iter([FunctionCommand(mark_changed, (command,), {})])
 
 
-def must(name: str, command: str, what: str) -> None:
+def _must(name: str, command: str, what: str) -> None:
     """A helper command that waits for something; the operation fails when it times out."""
     ensure(
         name=name,
-        check=lambda: not run(f"{HA} {command}")[0],
-        apply=lambda: iter([f"echo {q(what + ' not ready in time')} >&2; exit 1"]),
+        check=lambda: not run_now(f"{HA} {command}")[0],
+        apply=lambda: iter([f"echo {quote(what + ' not ready in time')} >&2; exit 1"]),
     )
 
 
-def one_at_a_time(v: Vars, kind: str, what: str, restart: list[str], primary_first: bool) -> None:
-    """Restart the group's stale members of `kind`, one operation per member so that no two
-    restart at once, the primary first when asked to."""
+def _address(v: Vars, name: str) -> str:
+    other = v.world[name]
+    return f"{other['redis_bind_address']}:{other['redis_port']}"
+
+
+def _restart(v: Vars, kind: str, what: str, restart: list[str], primary_first: bool) -> None:
+    """restart.yml: restart the group's stale members of `kind`, one operation per member so
+    that no two restart at once, the primary first when asked to."""
     members = list(v["redis_group_hosts"])
 
     def order() -> list[str]:
         stale = [h for h in members if found["stale"].get((kind, h))]
         if not primary_first:
             return stale
-        me = {h: world_address(v, h) == primary(v) for h in stale}
+        me = {h: _address(v, h) == _primary(v) for h in stale}
         return [h for h in stale if me[h]] + [h for h in stale if not me[h]]
 
     for i in host.loop(range(len(members))):
@@ -97,31 +113,24 @@ def one_at_a_time(v: Vars, kind: str, what: str, restart: list[str], primary_fir
         )
 
 
-def world_address(v: Vars, name: str) -> str:
-    other = v.world[name]
-    return f"{other['redis_bind_address']}:{other['redis_port']}"
-
-
-def record_stale(kind: str, v: Vars, unit: str, paths: list[str]) -> None:
+def _record_stale(kind: str, v: Vars, unit: str, paths: list[str]) -> None:
     """clusterkit-redis-ha stale: decided from the files, so a run that failed after writing
     them still restarts next time. Changes nothing itself."""
 
     def look() -> bool:
-        answer = helper(f"stale {unit} {' '.join(paths)}")
+        answer = _ha(f"stale {unit} {' '.join(paths)}")
         found["stale"][(kind, v.name)] = bool(answer.get("stale", True))
         return False
 
-    ensure(name=f"Look for a config newer than the running {unit}", check=look, apply=unchanged)
+    ensure(name=f"Look for a config newer than the running {unit}", check=look, apply=_unchanged)
 
 
-@deploy("redis")
-def redis(v: Vars) -> None:
-    timeout = int(v["redis_start_timeout"])
-    sentinel = bool(v.render("{{ redis_sentinel_enabled | bool }}"))
-
-    # Install: the container drop-in before the package (its postinst starts the unit).
-    dropin(v, "redis-server.service", v["redis_container_dropin"], restart_if_installed=True)
-    apt(list(v["redis_packages"]), "Install the Redis packages")
+def _install(v: Vars) -> None:
+    # The container drop-in before the package (its postinst starts the unit).
+    systemd_dropin(
+        v, "redis-server.service", v["redis_container_dropin"], restart_if_installed=True
+    )
+    apt_install(list(v["redis_packages"]), "Install the Redis packages")
     for name in ("clusterkit-redis-validate", "clusterkit-redis-ha"):
         installed_file(
             name=f"Install /usr/local/sbin/{name}",
@@ -130,16 +139,19 @@ def redis(v: Vars) -> None:
             mode="0755",
         )
 
-    # Configure.
-    template(v, "redis/ha.conf.j2", "/etc/redis/clusterkit-ha.conf", mode="0640", group="redis")
+
+def _configure(v: Vars) -> None:
+    write_template(
+        v, "redis/ha.conf.j2", "/etc/redis/clusterkit-ha.conf", mode="0640", group="redis"
+    )
     ensure(
         name="Ask the Sentinels for the current primary",
-        check=lambda: not primary(v),
-        apply=unchanged,
+        check=lambda: not _primary(v),
+        apply=_unchanged,
     )
     check = f"{VALIDATE} %s {int(v['redis_validate_grace'])}"
     for name, dest in (("auth", "redis-auth"), ("redis", "redis")):
-        template(
+        write_template(
             v,
             f"redis/{name}.conf.j2",
             f"/etc/redis/{dest}.conf",
@@ -148,15 +160,15 @@ def redis(v: Vars) -> None:
             validate=check,
         )
     # ExecStart through clusterkit-redis-ha, /etc/redis read-only for Redis.
-    dropin(
+    systemd_dropin(
         v, "redis-server.service", v["redis_ha_dropin"], name="clusterkit-ha", container_only=False
     )
-    record_stale("redis", v, "redis-server.service", SERVER_FILES)
-    firewall_rules(v, "redis", list(v["redis_firewall_rules"]))
+    _record_stale("redis", v, "redis-server.service", SERVER_FILES)
 
-    # Run.
-    service("redis-server.service")
-    one_at_a_time(
+
+def _service(v: Vars, timeout: int, sentinel: bool) -> None:
+    enable_and_start("redis-server.service")
+    _restart(
         v,
         "redis",
         "redis-server",
@@ -166,21 +178,19 @@ def redis(v: Vars) -> None:
     if sentinel:
         ensure(
             name="Make the other members replicas of the initial primary (before Sentinel)",
-            check=lambda: bool(helper("replication").get("changed")),
-            apply=reported("replication"),
+            check=lambda: bool(_ha("replication").get("changed")),
+            apply=_reported("replication"),
         )
-    must("Wait until Redis serves", f"wait {timeout}", "redis")
-    if sentinel:
-        redis_sentinel(v, timeout)
+    _must("Wait until Redis serves", f"wait {timeout}", "redis")
 
 
-def redis_sentinel(v: Vars, timeout: int) -> None:
+def _sentinel(v: Vars, timeout: int) -> None:
     unit = "redis-sentinel.service"
-    dropin(v, unit, v["redis_container_dropin"])
-    dropin(v, unit, v["redis_sentinel_dropin"], name="clusterkit-ha", container_only=False)
+    systemd_dropin(v, unit, v["redis_container_dropin"])
+    systemd_dropin(v, unit, v["redis_sentinel_dropin"], name="clusterkit-ha", container_only=False)
 
     def first_config() -> str:
-        host_, _, port = primary(v).rpartition(":")
+        host_, _, port = _primary(v).rpartition(":")
         return render(
             "redis/sentinel.conf.j2", v, redis__primary_host=host_, redis__primary_port=port
         )
@@ -195,13 +205,26 @@ def redis_sentinel(v: Vars, timeout: int) -> None:
         validate=f"{VALIDATE} %s {int(v['redis_validate_grace'])} sentinel",
         force=False,
     )
-    apt(list(v["redis_sentinel_packages"]), "Install Redis Sentinel")
-    service(unit)
-    record_stale("sentinel", v, unit, SENTINEL_FILES)
-    one_at_a_time(v, "sentinel", "redis-sentinel", [f"systemctl restart {unit}"], False)
-    must("Wait until Sentinel answers with its password", f"sentinel-ping {timeout}", "sentinel")
+    apt_install(list(v["redis_sentinel_packages"]), "Install Redis Sentinel")
+    enable_and_start(unit)
+    _record_stale("sentinel", v, unit, SENTINEL_FILES)
+    _restart(v, "sentinel", "redis-sentinel", [f"systemctl restart {unit}"], False)
+    _must("Wait until Sentinel answers with its password", f"sentinel-ping {timeout}", "sentinel")
     ensure(
         name="Make Sentinel monitor the group with the wanted settings",
-        check=lambda: bool(helper("sentinel").get("changed")),
-        apply=reported("sentinel"),
+        check=lambda: bool(_ha("sentinel").get("changed")),
+        apply=_reported("sentinel"),
     )
+
+
+@deploy("redis")
+def redis(v: Vars) -> None:
+    """The redis role's main entry, on the hosts of group redis."""
+    timeout = int(v["redis_start_timeout"])
+    sentinel = bool(v.render("{{ redis_sentinel_enabled | bool }}"))
+    _install(v)
+    _configure(v)
+    role_rules(v, "redis", list(v["redis_firewall_rules"]))  # firewall.yml
+    _service(v, timeout, sentinel)
+    if sentinel:
+        _sentinel(v, timeout)
