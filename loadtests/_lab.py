@@ -30,7 +30,6 @@ INVENTORY = Path(os.environ.get("CLUSTERKIT_INVENTORY", ROOT / "inventory" / "la
 LAB_DEFAULTS = {"lab_network_name": "clusterkit-lab", "lab_subnet": "10.77.0.0/24"}
 STATS_USER = os.environ.get("CLUSTERKIT_STATS_USER", "admin")
 BACKEND = os.environ.get("CLUSTERKIT_BACKEND", "app_workers")
-DEFAULT_WORKERS_PER_HOST = 2
 
 
 @dataclass(frozen=True)
@@ -65,10 +64,14 @@ def backend_servers(timeout: float = 5.0) -> list[Server]:
 EMPTY_INVENTORY: dict = {"_meta": {"hostvars": {}}}
 
 
-def ansible_inventory() -> str:
-    """ansible-inventory next to the running interpreter (a venv's bin/), else from PATH."""
-    beside = Path(sys.executable).parent / "ansible-inventory"
-    return str(beside) if beside.exists() else "ansible-inventory"
+def _model():
+    """clusterkit.inventory, the kit's inventory model (on the controller: a load generator
+    host has the tests, not the kit)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from clusterkit import inventory as model
+
+    return model
 
 
 @cache
@@ -78,24 +81,15 @@ def inventory() -> dict:
     and its master tells it the front end)."""
     if not (ROOT / INVENTORY).exists():
         return EMPTY_INVENTORY
-    out = subprocess.run(
-        [ansible_inventory(), "-i", str(INVENTORY), "--list"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out)
+    return _model().ansible_inventory((ROOT / INVENTORY).resolve())
 
 
 def inventory_worker_count() -> int:
-    inv = inventory()
-    hostvars = inv["_meta"]["hostvars"]
-    hosts = inv.get("app_workers", {}).get("hosts", [])
-    return sum(
-        int(hostvars.get(h, {}).get("app_workers_per_host", DEFAULT_WORKERS_PER_HOST))
-        for h in hosts
-    )
+    """The number of app workers the inventory deploys (clusterkit.inventory.workers)."""
+    if not (ROOT / INVENTORY).exists():
+        return 0
+    model = _model()
+    return len(model.workers(model.load(ROOT / INVENTORY)))
 
 
 def worker_count() -> tuple[int, str]:

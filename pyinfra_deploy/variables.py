@@ -36,6 +36,9 @@ ROLES = (
     "loadgen",
     "exporters",
     "monitoring",
+    # The lab's settings (its network, images): read by the tests and scripts; no deploy
+    # step of the pyinfra engine uses them (the lab is created by playbooks/lab.yml).
+    "lab",
 )
 TEMPLATE_MARKERS = ("{{", "{%", "{#")
 

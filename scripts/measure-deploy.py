@@ -74,14 +74,11 @@ def python_loop_s() -> float:
 
 
 def hosts_of(inventory: Path) -> list[str]:
-    out = subprocess.run(
-        ["ansible-inventory", "-i", str(inventory), "--list"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return sorted(h for h in json.loads(out)["_meta"]["hostvars"] if h != "localhost")
+    sys.path.insert(0, str(ROOT))
+    from clusterkit.inventory import ansible_inventory
+
+    hostvars = ansible_inventory((ROOT / inventory).resolve())["_meta"]["hostvars"]
+    return sorted(h for h in hostvars if h != "localhost")
 
 
 def top_tasks(output: str, limit: int = 15) -> list[dict]:

@@ -217,43 +217,27 @@ def added(result: dict, pairs: dict[str, tuple[str, str]]) -> dict:
 # --- orchestration (controller) ----------------------------------------------------------
 
 
-def inventory(inv: str) -> dict:
-    out = subprocess.run(
-        ["ansible-inventory", "-i", inv, "--list", "--export"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out)
+def inventory(path: str):
+    """The inventory model (clusterkit.inventory); imported here: the --local side of this
+    script runs on a lab host, without the kit."""
+    sys.path.insert(0, str(ROOT))
+    from clusterkit import inventory as model
+
+    return model, model.load(path)
 
 
-def hostvars(inv: dict, host: str) -> dict:
-    return inv["_meta"]["hostvars"].get(host, {})
+def workers(inv) -> list[list]:
+    model, world = inv
+    return [[w.address, w.port] for w in model.workers(world)]
 
 
-def group(inv: dict, name: str) -> list[str]:
-    return list(inv.get(name, {}).get("hosts", []))
-
-
-def workers(inv: dict) -> list[list]:
-    out = []
-    for h in group(inv, "app_workers"):
-        hv = hostvars(inv, h)
-        base = int(hv.get("app_worker_base_port", 8180))
-        out += [
-            [hv["clusterkit_address"], base + i]
-            for i in range(int(hv.get("app_workers_per_host", 2)))
-        ]
-    return out
-
-
-def redeploy(inv_path: str, inv: dict, service_time_ms: int | None) -> None:
+def redeploy(inv_path: str, inv, service_time_ms: int | None) -> None:
     cmd = ["ansible-playbook", "-i", inv_path, "playbooks/app.yml"]
     if service_time_ms is not None:
+        model, world = inv
         env = {}
-        for h in group(inv, "app_workers"):
-            env.update(hostvars(inv, h).get("app_worker_environment", {}))
+        for h in model.group(world, "app_workers"):
+            env.update(world[h]["app_worker_environment"])
         env["SERVICE_TIME_MS"] = str(service_time_ms)
         cmd += ["-e", json.dumps({"app_worker_environment": env})]
     print("+", " ".join(cmd), file=sys.stderr, flush=True)
@@ -323,9 +307,10 @@ def main() -> int:
         return 0
 
     inv = inventory(args.inventory)
-    lb = group(inv, "lb")[0]
-    lb_addr = hostvars(inv, lb)["clusterkit_address"]
-    haproxy_port = int(hostvars(inv, lb).get("haproxy_api_port", 8000))
+    model, world = inv
+    lb = model.group(world, "lb")[0]
+    lb_addr = world[lb]["clusterkit_address"]
+    haproxy_port = int(world[lb]["haproxy_api_port"])
     kinds = list(KINDS)
     lb_spec = {
         "stock": True,

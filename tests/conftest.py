@@ -7,11 +7,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "loadtests"))
@@ -27,6 +25,8 @@ _venv.interpreter_bin_first()
 # then the first LB's published 127.0.0.1 ports), as the load tests do.
 import _lab  # noqa: E402
 from _lab import front_end_url, stats_url, virtual_address  # noqa: E402
+
+from clusterkit import inventory as model  # noqa: E402
 
 __all__ = ["front_end_url", "stats_url", "virtual_address"]
 
@@ -46,29 +46,26 @@ def inventory() -> dict:
     return _lab.inventory()
 
 
+def world():
+    """The inventory under test, resolved (clusterkit.inventory: role defaults, the inventory,
+    role vars, Jinja evaluated as in a play)."""
+    inventory()  # a clear error for a wrong CLUSTERKIT_INVENTORY
+    return model.load(ROOT / INVENTORY)
+
+
 def group_hosts(group: str) -> list[str]:
-    return list(inventory().get(group, {}).get("hosts", []))
+    return model.group(world(), group)
 
 
 def hostvar(host: str, name: str):
     return inventory()["_meta"]["hostvars"][host][name]
 
 
-@cache
 def templated_hostvar(host: str, name: str, default: str = "") -> str:
-    """A host variable templated the way Ansible does (`ansible-inventory --list` leaves
-    templates such as ansible_host: "{{ clusterkit_address }}" as they are)."""
-    from ansible.inventory.manager import InventoryManager
-    from ansible.parsing.dataloader import DataLoader
-    from ansible.template import Templar
-    from ansible.vars.manager import VariableManager
-
-    loader = DataLoader()
-    manager = InventoryManager(loader=loader, sources=[str(INVENTORY)])
-    variables = VariableManager(loader=loader, inventory=manager).get_vars(
-        host=manager.get_host(host)
-    )
-    return str(Templar(loader=loader, variables=variables).template(variables.get(name, default)))
+    """A host variable as Ansible resolves it (`ansible-inventory --list` leaves templates such
+    as ansible_host: "{{ clusterkit_address }}" as they are)."""
+    variables = world()[host]
+    return str(variables[name]) if name in variables else default
 
 
 def lab_container(host: str) -> str:
@@ -111,24 +108,20 @@ def testinfra_host(host: str):
 testinfra_host.__test__ = False  # type: ignore[attr-defined]
 
 
-@cache
-def role_defaults(role: str) -> dict:
-    return yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text()) or {}
-
-
 def setting(host: str, name: str):
-    """A role variable as deployed on host: the inventory's value, else the role's default
-    (the role is the variable's prefix: app_workers_per_host -> roles/app)."""
-    try:
-        return hostvar(host, name)
-    except KeyError:
-        return role_defaults(name.split("_", 1)[0])[name]
+    """A variable as deployed on host: the inventory's value, else the role's default, with
+    the role's derived values worked out (clusterkit.inventory)."""
+    return world()[host][name]
 
 
 def worker_ports(host: str) -> list[int]:
     """The ports of the app workers deployed on host."""
-    base = int(setting(host, "app_worker_base_port"))
-    return list(range(base, base + int(setting(host, "app_workers_per_host"))))
+    return [w.port for w in model.workers(world(), host)]
+
+
+def worker_names() -> set[str]:
+    """HAProxy's names of every app worker: <host>-<port>."""
+    return {w.name for w in model.workers(world())}
 
 
 def address(host: str) -> str:

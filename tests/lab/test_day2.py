@@ -15,15 +15,17 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
+from clusterkit import inventory as model
 from tests.conftest import (
     address,
     front_end_url,
     group_hosts,
-    inventory,
     secret,
     stats_base_url,
     testinfra_host,
     virtual_address,
+    worker_names,
+    world,
 )
 from tests.conftest import (
     playbook as run_playbook,
@@ -135,15 +137,10 @@ def stats(base: str = STATS) -> dict[str, str]:
 
 
 def expected(per_host: int | None = None) -> set[str]:
-    hostvars = inventory()["_meta"]["hostvars"]
-    out = set()
-    for h in group_hosts("app_workers"):
-        count = (
-            per_host if per_host is not None else int(hostvars[h].get("app_workers_per_host", 2))
-        )
-        base = int(hostvars[h].get("app_worker_base_port", 8180))
-        out.update(f"{h}-{base + i}" for i in range(count))
-    return out
+    """HAProxy's server names: as deployed, or with per_host workers on every app host."""
+    if per_host is None:
+        return worker_names()
+    return {w.name for w in model.workers(world(), app_workers_per_host=per_host)}
 
 
 def wait_all_up(names: set[str], timeout: float = 60) -> dict[str, str]:

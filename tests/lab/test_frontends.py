@@ -19,10 +19,11 @@ from tests.conftest import (
     front_end_url,
     group_hosts,
     hostvar,
-    inventory,
     inventory_name,
     secret,
+    setting,
     stats_base_url,
+    worker_names,
 )
 
 testinfra_hosts = ["ansible://lb"]
@@ -31,21 +32,6 @@ NGINX = front_end_url()
 NGINX_TLS = front_end_url("https")
 STATS = stats_base_url()
 BACKEND = "app_workers"
-
-
-def var(host: str, name: str, default):
-    return inventory()["_meta"]["hostvars"][host].get(name, default)
-
-
-def expected_workers() -> set[str]:
-    """Server names HAProxy should list: <host>-<port> for every worker of every app host."""
-    lb = group_hosts("lb")[0]
-    names = set()
-    for h in group_hosts("app_workers"):
-        count = int(var(h, "app_workers_per_host", var(lb, "app_workers_per_host", 2)))
-        base = int(var(h, "app_worker_base_port", var(lb, "app_worker_base_port", 8180)))
-        names.update(f"{h}-{base + i}" for i in range(count))
-    return names
 
 
 def stats_csv(auth) -> dict[str, str]:
@@ -78,7 +64,7 @@ def test_100_requests_reach_every_worker_evenly() -> None:
             assert r.status_code == 200, r.text
             assert r.json()["worker_id"] == r.headers["X-Worker-Id"]
             counts[r.headers["X-Worker-Id"]] += 1
-    assert set(counts) == expected_workers()
+    assert set(counts) == worker_names()
     assert max(counts.values()) / min(counts.values()) <= 1.5, counts
 
 
@@ -92,7 +78,7 @@ def test_request_id_reaches_the_worker() -> None:
 
 @pytest.mark.smoke
 def test_stats_list_every_worker_up(stats_auth) -> None:
-    assert stats_csv(stats_auth) == {w: "UP" for w in expected_workers()}
+    assert stats_csv(stats_auth) == {w: "UP" for w in worker_names()}
 
 
 @pytest.mark.parametrize("auth", [None, ("admin", "wrong"), ("nobody", "x")])
@@ -106,7 +92,7 @@ def test_stats_without_valid_credentials_get_401(auth, path) -> None:
 def test_prometheus_endpoint(stats_auth) -> None:
     r = requests.get(f"{STATS}/metrics", auth=stats_auth, timeout=10)
     assert r.status_code == 200
-    for worker in expected_workers():
+    for worker in worker_names():
         assert (
             f'haproxy_server_status{{proxy="{BACKEND}",server="{worker}",state="UP"}} 1' in r.text
         )
@@ -119,7 +105,7 @@ def test_stub_status_is_not_public() -> None:
 @pytest.mark.smoke
 def test_https_with_the_hosts_certificate(host, tmp_path) -> None:
     lb = inventory_name(host)
-    if not var(lb, "nginx_tls_enabled", False):
+    if not setting(lb, "nginx_tls_enabled"):
         pytest.skip("nginx_tls_enabled is off for this host")
     cert = tmp_path / "lb.crt"
     cert.write_text(host.file("/etc/nginx/tls/clusterkit.crt").content_string)
@@ -127,14 +113,14 @@ def test_https_with_the_hosts_certificate(host, tmp_path) -> None:
         f"{NGINX_TLS}/api/requests", json={"payload": {}}, verify=str(cert), timeout=30
     )
     assert r.status_code == 200
-    assert r.headers["X-Worker-Id"] in expected_workers()
+    assert r.headers["X-Worker-Id"] in worker_names()
 
 
 def test_every_lb_host_serves_on_its_private_address(host) -> None:
     lb = inventory_name(host)
     r = requests.post(f"http://{address(lb)}/api/requests", json={"payload": {}}, timeout=30)
     assert r.status_code == 200
-    assert r.headers["X-Worker-Id"] in expected_workers()
+    assert r.headers["X-Worker-Id"] in worker_names()
 
 
 def test_runtime_api_only_for_root_and_haproxy(host) -> None:

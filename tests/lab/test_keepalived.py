@@ -23,9 +23,9 @@ from tests.conftest import (
     group_hosts,
     lab_container,
     secret,
-    setting,
     testinfra_host,
     virtual_address,
+    worker_names,
 )
 
 VIP = virtual_address()
@@ -75,14 +75,6 @@ def assert_stays_on(name: str, seconds: float) -> None:
     while time.monotonic() < deadline:
         assert holders() == [name], f"{VIP} moved: holders {holders()}, expected {name}"
         time.sleep(0.5)
-
-
-def expected_workers() -> set[str]:
-    out = set()
-    for h in group_hosts("app_workers"):
-        base = int(setting(h, "app_worker_base_port"))
-        out.update(f"{h}-{base + i}" for i in range(int(setting(h, "app_workers_per_host"))))
-    return out
 
 
 def lb_stats(name: str) -> dict[str, str]:
@@ -142,13 +134,13 @@ def test_exactly_one_lb_holds_the_virtual_address() -> None:
 def test_the_virtual_address_answers_through_nginx_haproxy_and_a_worker() -> None:
     r = requests.post(f"http://{VIP}/api/requests", json={"payload": {"vip": True}}, timeout=30)
     assert r.status_code == 200, r.text
-    assert r.headers["X-Worker-Id"] in expected_workers()
+    assert r.headers["X-Worker-Id"] in worker_names()
     assert requests.get(f"http://{VIP}:8404/;csv", timeout=5).status_code == 401  # stats ask
 
 
 def test_every_lb_balances_over_every_worker() -> None:
     for name in LBS:
-        assert lb_stats(name) == {w: "UP" for w in expected_workers()}, name
+        assert lb_stats(name) == {w: "UP" for w in worker_names()}, name
 
 
 def test_keepalived_runs_vrrp_only_with_its_secret_kept_private() -> None:
