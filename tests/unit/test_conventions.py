@@ -5,7 +5,11 @@
   preflight checks its type, and is named in the role's README;
 - a default that is derived, not meant to be set, carries the internal prefix (`<role>__name`)
   and is not an option;
-- every template of the kit starts with `{{ ansible_managed | comment }}` (after a shebang).
+- every template of the kit starts with `{{ ansible_managed | comment }}` (after a shebang);
+- handlers are notified through topics of one form, `<role> <what>` (`haproxy reload`,
+  `app workers changed`): every handler listens to such topics, every `notify:` of a role
+  names one of its handlers' topics;
+- a registered variable is internal: `<role>__name`, never a name that looks like a setting.
 """
 
 from __future__ import annotations
@@ -30,6 +34,27 @@ def defaults(role: Path) -> dict:
 
 def entry_points(role: Path) -> dict[str, dict]:
     return load(role / "meta" / "argument_specs.yml").get("argument_specs", {})
+
+
+def task_files(role: Path) -> list[Path]:
+    return sorted(p for kind in ("tasks", "handlers") for p in (role / kind).glob("*.yml"))
+
+
+def tasks(items: object) -> list[dict]:
+    """Every task of a task list, those inside block/rescue/always included."""
+    out: list[dict] = []
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict):
+            out.append(item)
+            for key in ("block", "rescue", "always"):
+                out += tasks(item.get(key))
+    return out
+
+
+def as_list(value: object) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
 def options(role: Path) -> dict[str, dict]:
@@ -78,3 +103,33 @@ def test_every_template_starts_with_the_managed_comment(template: Path) -> None:
     lines = template.read_text().splitlines()
     head = lines[1:3] if lines and lines[0].startswith("#!") else lines[:2]
     assert any("ansible_managed" in line for line in head), f"{template}: {lines[:1]}"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_handlers_listen_to_topics_of_their_role(role: Path) -> None:
+    path = role / "handlers" / "main.yml"
+    handlers = tasks(yaml.safe_load(path.read_text())) if path.exists() else []
+    topics = {t for h in handlers for t in as_list(h.get("listen"))}
+    without = [h.get("name") for h in handlers if not as_list(h.get("listen"))]
+    assert not without, f"{role.name}: handlers without a `listen:` topic: {without}"
+    wrong = sorted(t for t in topics if not t.startswith(f"{role.name} "))
+    assert not wrong, f"{role.name}: topics not of the form '{role.name} <what>': {wrong}"
+    notified = {
+        topic
+        for path in task_files(role)
+        for task in tasks(yaml.safe_load(path.read_text()))
+        for topic in as_list(task.get("notify"))
+    }
+    assert notified <= topics, f"{role.name}: notify names no handler topic: {notified - topics}"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_registered_variables_are_internal(role: Path) -> None:
+    registered = {
+        str(task["register"])
+        for path in task_files(role)
+        for task in tasks(yaml.safe_load(path.read_text()))
+        if "register" in task
+    }
+    wrong = sorted(r for r in registered if not r.startswith(f"{role.name}__"))
+    assert not wrong, f"{role.name}: registered variables without {role.name}__: {wrong}"
