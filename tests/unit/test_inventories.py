@@ -194,11 +194,28 @@ BAD = {
     ),
     "port-out-of-range": (
         with_vars(redis_port=70000),
-        "redis_port=70000 on data1.example.internal: a port is a whole number from 1 to 65535",
+        "redis_port=70000: a port is a whole number from 1 to 65535 on data1.example.internal",
     ),
     "port-zero": (
         with_host_vars("app1.example.internal", "app_workers", app_worker_base_port=0),
-        "app_worker_base_port=0 on app1.example.internal: a port is a whole number",
+        "app_worker_base_port=0: a port is a whole number from 1 to 65535 on app1.example.internal",
+    ),
+    "count-zero": (
+        with_host_vars("lb1.example.internal", "lb", haproxy_health_check_rise=0),
+        "haproxy_health_check_rise=0: a count, size, limit or timeout is at least 1 on "
+        "lb1.example.internal",
+    ),
+    "timeout-negative": (
+        with_vars(redis_start_timeout=-5),
+        "redis_start_timeout=-5: a count, size, limit or timeout is at least 1",
+    ),
+    "name-empty": (
+        with_vars(mongodb_replset_name=""),
+        'mongodb_replset_name="": a user, group, name or id is one non-empty word',
+    ),
+    "name-with-a-space": (
+        with_vars(redis_sentinel_master_name="my primary"),
+        'redis_sentinel_master_name="my primary": a user, group, name or id is one',
     ),
     "port-empty": (
         with_vars(etcd_client_port=""),
