@@ -22,7 +22,7 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import Command as CommandFact
-from pyinfra.operations import server
+from pyinfra.operations import files, server
 
 from pyinfra_deploy.templating import render
 from pyinfra_deploy.variables import ROOT, HostVars
@@ -205,6 +205,31 @@ def barrier(name: str) -> OperationMeta:
 def shell(name: str, commands: list[str], **kwargs: Any) -> OperationMeta:
     """Commands that always run (or when `_if` says so)."""
     return server.shell(name=name, commands=commands, **kwargs)
+
+
+def directory(
+    path: str, user: str = "root", group: str = "root", mode: str = "0755", name: str = ""
+) -> OperationMeta:
+    """The directory `path` with owner and mode (the operation named "Create <path>")."""
+    return files.directory(
+        name=name or f"Create {path}", path=path, user=user, group=group, mode=mode
+    )
+
+
+def system_user(label: str, user: str, group: str, home: str, comment: str) -> None:
+    """A system group and a system user in it that cannot log in; its home is not created."""
+    server.group(name=f"Create the {label} group", group=group, system=True)
+    server.user(
+        name=f"Create the {label} user",
+        user=user,
+        group=group,
+        system=True,
+        home=home,
+        shell="/usr/sbin/nologin",
+        create_home=False,
+        ensure_home=False,
+        comment=comment,
+    )
 
 
 def write_template(

@@ -12,27 +12,9 @@ from typing import Any
 
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import files, server
 
-from pyinfra_deploy.helpers import (
-    CONTROLLER_PYTHON,
-    UNIT_VALIDATE,
-    Command,
-    Vars,
-    any_changed,
-    enable_and_start,
-    ensure,
-    has_changed,
-    host_python,
-    http_ok,
-    installed_file,
-    on_controller,
-    quote,
-    retry_until,
-    run_now,
-    shell,
-    write_template,
-)
+from pyinfra_deploy import helpers
+from pyinfra_deploy.helpers import Command, Vars, quote
 from pyinfra_deploy.roles.firewall import role_rules
 from pyinfra_deploy.variables import ROOT
 
@@ -51,18 +33,7 @@ def _install(v: Vars) -> list[OperationMeta]:
     """install.yml: the group and user, then the app in its venv (the operations whose change
     restarts the app)."""
     grp, usr = v["app_group"], v["app_user"]
-    server.group(name="Create the app group", group=grp, system=True)
-    server.user(
-        name="Create the app user",
-        user=usr,
-        group=grp,
-        system=True,
-        home=v["app_home"],
-        shell="/usr/sbin/nologin",
-        create_home=False,
-        ensure_home=False,
-        comment="clusterkit app",
-    )
+    helpers.system_user("app", usr, grp, v["app_home"], "clusterkit app")
     if v["app_install_method"] != "pip":
         return []
     if v["app_artifact"] or not v.render("{{ app_wheelhouse | bool }}"):
@@ -74,13 +45,18 @@ def _install(v: Vars) -> list[OperationMeta]:
 
 def _build(v: Vars) -> tuple[str, dict[str, Any]]:
     """The app's wheel and this host's wheelhouse, built on the controller."""
-    py = host_python(v.name, v["app_python"])
+    py = helpers.host_python(v.name, v["app_python"])
     cache_dir = str(Path(v["app_cache_dir"]).resolve())
-    build = [CONTROLLER_PYTHON, str(ROOT / "scripts/app-build.py"), "--cache-dir", cache_dir]
+    build = [
+        helpers.CONTROLLER_PYTHON,
+        str(ROOT / "scripts/app-build.py"),
+        "--cache-dir",
+        cache_dir,
+    ]
     app_dir = str(Path(v["app_source_dir"]).resolve())
-    wheel = json.loads(on_controller(*build, "wheel", "--app-dir", app_dir))["wheel"]
+    wheel = json.loads(helpers.on_controller(*build, "wheel", "--app-dir", app_dir))["wheel"]
     house = json.loads(
-        on_controller(
+        helpers.on_controller(
             *build,
             "wheelhouse",
             "--artifact",
@@ -102,41 +78,43 @@ def _install_pip(v: Vars) -> OperationMeta:
     key, artifact = house["key"], Path(wheel).name
     src = f"{home}/wheelhouse/{key}"
     for path in (home, f"{home}/dist", f"{home}/wheelhouse"):
-        files.directory(name=f"Create {path}", path=path, user="root", group="root", mode="0755")
+        helpers.directory(path)
     tar = f"{home}/dist/{key}.tar"
-    installed_file(name="Copy the wheelhouse", dest=tar, src=house["archive"])
-    ensure(
+    helpers.installed_file(name="Copy the wheelhouse", dest=tar, src=house["archive"])
+    helpers.ensure(
         name="Unpack the wheelhouse",
-        check=lambda: not run_now(f"test -e {quote(src + '/' + artifact)}")[0],
+        check=lambda: not helpers.run_now(f"test -e {quote(src + '/' + artifact)}")[0],
         apply=lambda: iter(
             [f"mkdir -p {quote(src)} && tar -xf {quote(tar)} -C {quote(src)} --no-same-owner"]
         ),
     )
 
     def old() -> list[str]:
-        _, out = run_now(
+        _, out = helpers.run_now(
             f"ls -1d {quote(home)}/dist/* {quote(home)}/dist/.[!.]* {quote(home)}/wheelhouse/* "
             f"{quote(home)}/wheelhouse/.[!.]* 2>/dev/null || true"
         )
         return [p for p in out if p and p not in (src, tar)]
 
-    ensure(
+    helpers.ensure(
         name="Remove wheelhouses of earlier versions",
         check=lambda: bool(old()),
         apply=lambda: iter([f"rm -rf {' '.join(quote(p) for p in old())}"]),
     )
-    ensure(
+    helpers.ensure(
         name="Create the app venv",
-        check=lambda: not run_now(f"test -e {quote(venv)}/bin/python")[0],
+        check=lambda: not helpers.run_now(f"test -e {quote(venv)}/bin/python")[0],
         apply=lambda: iter([f"{quote(v['app_python'])} -m venv {quote(venv)}"]),
     )
     marker = f"{key} {venv}"
     pip = f"{venv}/bin/python -m pip install -q --disable-pip-version-check --no-input"
     extra = " ".join(quote(a) for a in v["app_pip_extra_args"])
     wanted = f"--find-links {quote(src)} {extra} {quote(src + '/' + artifact)}"
-    installed = ensure(
+    installed = helpers.ensure(
         name="Install the app into the venv",
-        check=lambda: run_now(f"cat {quote(home)}/installed 2>/dev/null || true")[1] != [marker],
+        check=lambda: (
+            helpers.run_now(f"cat {quote(home)}/installed 2>/dev/null || true")[1] != [marker]
+        ),
         apply=lambda: iter(
             [
                 f"{pip} --no-index {wanted}",
@@ -144,7 +122,7 @@ def _install_pip(v: Vars) -> OperationMeta:
             ]
         ),
     )
-    installed_file(
+    helpers.installed_file(
         name="Record which artifact the venv holds",
         dest=f"{home}/installed",
         content=marker + "\n",
@@ -156,7 +134,7 @@ def _configure(v: Vars) -> tuple[OperationMeta, list[OperationMeta], list[Operat
     """configure.yml: the environment files and the units; the operations whose change restarts
     every process, the master, the workers. systemd reloads for new units right after."""
     grp, conf_dir = v["app_group"], v["app_config_dir"]
-    files.directory(name=f"Create {conf_dir}", path=conf_dir, user="root", group=grp, mode="0750")
+    helpers.directory(conf_dir, group=grp, mode="0750")
     check_cmd = v["app_check_command"]
 
     def env_validate(loaded: list[str]) -> str | None:
@@ -170,7 +148,7 @@ def _configure(v: Vars) -> tuple[OperationMeta, list[OperationMeta], list[Operat
         )
 
     def env_file(name: str, loaded: list[str], env: Any, description: str) -> OperationMeta:
-        return write_template(
+        return helpers.write_template(
             v,
             "app/environment.j2",
             f"{conf_dir}/{name}",
@@ -213,11 +191,11 @@ def _configure(v: Vars) -> tuple[OperationMeta, list[OperationMeta], list[Operat
         )
 
     def unit_file(name: str) -> Any:
-        return write_template(
+        return helpers.write_template(
             v,
             f"app/{name}.j2",
             f"/etc/systemd/system/{name}",
-            validate=UNIT_VALIDATE.format(unit=name),
+            validate=helpers.UNIT_VALIDATE.format(unit=name),
         )
 
     units = [unit_file(v["app_target_unit"])]
@@ -226,8 +204,10 @@ def _configure(v: Vars) -> tuple[OperationMeta, list[OperationMeta], list[Operat
         units.append(master_ops[-1])
     worker_ops.append(unit_file(v["app_worker_unit_template"]))
     units.append(worker_ops[-1])
-    shell(
-        "Reload systemd after a unit change", ["systemctl daemon-reload"], _if=any_changed(*units)
+    helpers.shell(
+        "Reload systemd after a unit change",
+        ["systemctl daemon-reload"],
+        _if=helpers.any_changed(*units),
     )
     return shared, master_ops, worker_ops
 
@@ -239,33 +219,35 @@ def _service_master(v: Vars, restart_for: list[OperationMeta]) -> None:
     master_url = (
         f"http://{v['app_health_host']}:{int(v['app_master_health_port'])}{v['app_health_path']}"
     )
-    if not v["app_runs_master"]:
-        ensure(
+    if v["app_runs_master"]:
+        started = helpers.enable_and_start(master_unit)
+        helpers.ensure(
+            name="Wait until the master reports healthy",
+            check=lambda: not helpers.run_now(helpers.http_ok(master_url))[0],
+            apply=lambda: iter(
+                [helpers.retry_until(helpers.http_ok(master_url), timeout, "master")]
+            ),
+        )
+        helpers.ensure(
+            name="Restart the master for its new code or config",
+            check=lambda: helpers.any_changed(*restart_for)() and not helpers.has_changed(started),
+            apply=lambda: iter(
+                [
+                    f"systemctl restart {master_unit}",
+                    helpers.retry_until(helpers.http_ok(master_url), timeout, "master"),
+                ]
+            ),
+        )
+    else:
+        helpers.ensure(
             name="Stop the master (not in group app_master)",
-            check=lambda: run_now(
+            check=lambda: helpers.run_now(
                 f"test -e /etc/systemd/system/{master_unit} && "
                 f"{{ systemctl is-enabled --quiet {master_unit} || "
                 f"systemctl is-active --quiet {master_unit}; }}"
             )[0],
             apply=lambda: iter([f"systemctl disable --now {master_unit}"]),
         )
-        return
-    started = enable_and_start(master_unit)
-    ensure(
-        name="Wait until the master reports healthy",
-        check=lambda: not run_now(http_ok(master_url))[0],
-        apply=lambda: iter([retry_until(http_ok(master_url), timeout, "master")]),
-    )
-    ensure(
-        name="Restart the master for its new code or config",
-        check=lambda: any_changed(*restart_for)() and not has_changed(started),
-        apply=lambda: iter(
-            [
-                f"systemctl restart {master_unit}",
-                retry_until(http_ok(master_url), timeout, "master"),
-            ]
-        ),
-    )
 
 
 def _service_workers(v: Vars, restart_for: list[OperationMeta]) -> None:
@@ -274,47 +256,50 @@ def _service_workers(v: Vars, restart_for: list[OperationMeta]) -> None:
     addr, timeout = v["app_health_host"], int(v["app_health_timeout"])
     health, target = v["app_health_path"], v["app_target_unit"]
     ports = [int(p) for p in v["app_worker_ports"]]
-    started_workers = [enable_and_start(f"clusterkit-worker@{p}.service") for p in ports]
+    started_workers = [helpers.enable_and_start(f"clusterkit-worker@{p}.service") for p in ports]
     for p in ports:
         url = f"http://{addr}:{p}{health}"
-        ensure(
+        helpers.ensure(
             name=f"Wait until worker {p} reports healthy",
-            check=lambda url=url: not run_now(http_ok(url))[0],
-            apply=lambda url=url: iter([retry_until(http_ok(url), timeout, f"worker {url}")]),
+            check=lambda url=url: not helpers.run_now(helpers.http_ok(url))[0],
+            apply=lambda url=url: iter(
+                [helpers.retry_until(helpers.http_ok(url), timeout, f"worker {url}")]
+            ),
         )
 
     def restart_workers() -> Generator[Command, None, None]:
         for p, op in zip(ports, started_workers, strict=True):
-            if not has_changed(op):
+            if not helpers.has_changed(op):
                 url = f"http://{addr}:{p}{health}"
                 yield f"systemctl restart clusterkit-worker@{p}.service"
-                yield retry_until(http_ok(url), timeout, f"worker {url}")
+                yield helpers.retry_until(helpers.http_ok(url), timeout, f"worker {url}")
 
-    ensure(
+    helpers.ensure(
         name="Restart the workers one at a time",
         check=lambda: (
-            any_changed(*restart_for)() and any(not has_changed(op) for op in started_workers)
+            helpers.any_changed(*restart_for)()
+            and any(not helpers.has_changed(op) for op in started_workers)
         ),
         apply=restart_workers,
         _serial=True,
     )
 
     def surplus() -> list[int]:
-        _, out = run_now(
+        _, out = helpers.run_now(
             "{ systemctl list-units --all --plain --no-legend --full 'clusterkit-worker@*.service' "
             f"| awk '{{print $1}}'; ls -1 /etc/systemd/system/{target}.wants 2>/dev/null; }} "
             "| sed -n 's/^clusterkit-worker@\\([0-9][0-9]*\\)[.]service$/\\1/p' | sort -u"
         )
         return sorted({int(p) for p in out if p.strip()} - set(ports))
 
-    ensure(
+    helpers.ensure(
         name="Stop and disable the surplus workers",
         check=lambda: bool(surplus()),
         apply=lambda: iter(
             [f"systemctl disable --now clusterkit-worker@{p}.service" for p in surplus()]
         ),
     )
-    enable_and_start(target)
+    helpers.enable_and_start(target)
 
 
 @deploy("app")

@@ -6,25 +6,16 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import files
 
-from pyinfra_deploy.helpers import (
-    Vars,
-    any_changed,
-    apt_install,
-    fact_output,
-    is_container,
-    quote,
-    shell,
-    write_template,
-)
+from pyinfra_deploy import helpers
+from pyinfra_deploy.helpers import Vars, quote
 
 
 def host_release(v: Vars) -> None:
     """The host's distribution and release, as Ansible's facts name them (the roles' per-release
     values are keyed by ansible_distribution_release); refused unless the common role supports
     it, before any host changes (roles/common/tasks/preflight.yml)."""
-    out = fact_output('. /etc/os-release && echo "$ID $VERSION_CODENAME"').split()
+    out = helpers.fact_output('. /etc/os-release && echo "$ID $VERSION_CODENAME"').split()
     os_id, release = (out + ["", ""])[:2]
     distribution = {"debian": "Debian", "ubuntu": "Ubuntu"}.get(os_id, os_id.capitalize())
     v.set("ansible_distribution", distribution)
@@ -49,46 +40,44 @@ def systemd_dropin(
     """The common role's `tasks_from: systemd_dropin.yml`: a drop-in for `unit` (or for
     systemd itself, unit "system.conf"), systemd reloaded when it changed; nothing where not
     wanted (`container_only` on a host that is not a container)."""
-    if container_only and not is_container(v.name):
+    if container_only and not helpers.is_container(v.name):
         return None
-    directory = (
+    folder = (
         "/etc/systemd/system.conf.d" if unit == "system.conf" else f"/etc/systemd/system/{unit}.d"
     )
-    files.directory(
-        name=f"Create {directory}", path=directory, user="root", group="root", mode="0755"
-    )
-    op = write_template(
-        v, "common/dropin.conf.j2", f"{directory}/{name}.conf", common_dropin_settings=settings
+    helpers.directory(folder)
+    op = helpers.write_template(
+        v, "common/dropin.conf.j2", f"{folder}/{name}.conf", common_dropin_settings=settings
     )
     reload = "systemctl daemon-reexec" if unit == "system.conf" else "systemctl daemon-reload"
-    shell(f"Reload systemd for {unit}", [reload], _if=any_changed(op))
+    helpers.shell(f"Reload systemd for {unit}", [reload], _if=helpers.any_changed(op))
     if restart_if_installed:
-        shell(
+        helpers.shell(
             f"Restart {unit} for its drop-in",
             [
                 f"if systemctl cat {quote(unit)} >/dev/null 2>&1; then "
                 f"systemctl restart {quote(unit)}; fi"
             ],
-            _if=any_changed(op),
+            _if=helpers.any_changed(op),
         )
     return op
 
 
 def _packages(v: Vars) -> None:
-    apt_install(list(v["common_packages"]), "Install base packages")
+    helpers.apt_install(list(v["common_packages"]), "Install base packages")
 
 
 def _limits(v: Vars) -> None:
-    sysctl = write_template(v, "common/sysctl.conf.j2", "/etc/sysctl.d/60-clusterkit.conf")
+    sysctl = helpers.write_template(v, "common/sysctl.conf.j2", "/etc/sysctl.d/60-clusterkit.conf")
     apply = v["common_sysctl_apply"]
     wanted = (
-        (not is_container(v.name))
+        (not helpers.is_container(v.name))
         if apply == "auto"
         else bool(v.render("{{ common_sysctl_apply | bool }}"))
     )
     if wanted:
-        shell("Apply sysctl settings", ["sysctl --system"], _if=any_changed(sysctl))
-    write_template(v, "common/limits.conf.j2", "/etc/security/limits.d/60-clusterkit.conf")
+        helpers.shell("Apply sysctl settings", ["sysctl --system"], _if=helpers.any_changed(sysctl))
+    helpers.write_template(v, "common/limits.conf.j2", "/etc/security/limits.d/60-clusterkit.conf")
     systemd_dropin(
         v,
         "system.conf",

@@ -10,22 +10,9 @@ from pathlib import Path
 
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import files
 
-from pyinfra_deploy.helpers import (
-    Vars,
-    any_changed,
-    apt_install,
-    enable_and_start,
-    ensure,
-    fact_output,
-    installed_file,
-    quote,
-    retry_until,
-    run_now,
-    with_secrets,
-    write_template,
-)
+from pyinfra_deploy import helpers
+from pyinfra_deploy.helpers import Vars, quote
 from pyinfra_deploy.roles.common import systemd_dropin
 from pyinfra_deploy.roles.firewall import role_rules
 from pyinfra_deploy.variables import ROOT
@@ -52,8 +39,8 @@ def _cluster_health(v: Vars) -> list[str]:
     retries = int(v["etcd_health_retries"]) * int(v["etcd_health_delay"])
     cluster = "etcdctl endpoint health --cluster >/dev/null 2>&1"
     return [
-        retry_until(_local_health(v), retries, "etcd"),
-        *with_secrets(retry_until(cluster, retries, "etcd cluster"), root_env),
+        helpers.retry_until(_local_health(v), retries, "etcd"),
+        *helpers.with_secrets(helpers.retry_until(cluster, retries, "etcd cluster"), root_env),
     ]
 
 
@@ -63,22 +50,14 @@ def _install(v: Vars) -> OperationMeta | None:
     unit_dropin = systemd_dropin(
         v, "etcd.service", v["etcd__unit_dropin"], name="clusterkit", container_only=False
     )
-    apt_install(list(v["etcd_packages"]) + ["python3-yaml"], "Install etcd")
-    files.directory(
-        name="Create the etcd data directory",
-        path=v["etcd_data_dir"],
-        user="etcd",
-        group="etcd",
-        mode="0700",
+    helpers.apt_install(list(v["etcd_packages"]) + ["python3-yaml"], "Install etcd")
+    helpers.directory(
+        v["etcd_data_dir"], "etcd", "etcd", "0700", name="Create the etcd data directory"
     )
-    files.directory(
-        name="Create the etcd config directory",
-        path=str(Path(v["etcd_config_file"]).parent),
-        user="root",
-        group="root",
-        mode="0755",
+    helpers.directory(
+        str(Path(v["etcd_config_file"]).parent), name="Create the etcd config directory"
     )
-    installed_file(
+    helpers.installed_file(
         name="Install the etcd config check",
         dest=v["etcd__validate_command"],
         src=ROOT / "roles/etcd/files/clusterkit-etcd-validate",
@@ -90,7 +69,7 @@ def _install(v: Vars) -> OperationMeta | None:
 def _configure(v: Vars) -> OperationMeta:
     """configure.yml: a member with data keeps the bootstrap values it was started with."""
     config_file = v["etcd_config_file"]
-    current = fact_output(
+    current = helpers.fact_output(
         f"if [ -d {quote(v['etcd_data_dir'])}/member ] && [ -f {quote(config_file)} ]; then "
         "python3 -c 'import json, sys, yaml; "
         "print(json.dumps(yaml.safe_load(open(sys.argv[1]))))' "
@@ -99,7 +78,7 @@ def _configure(v: Vars) -> OperationMeta:
     started_with = json.loads(current or "{}") or {}
     initial_cluster = started_with.get("initial-cluster", v["etcd__group_initial_cluster"])
     initial_state = started_with.get("initial-cluster-state", "existing" if started_with else "new")
-    return write_template(
+    return helpers.write_template(
         v,
         "etcd/etcd.conf.yml.j2",
         config_file,
@@ -113,10 +92,11 @@ def _configure(v: Vars) -> OperationMeta:
 
 def _restart(v: Vars, conf: OperationMeta, unit_dropin: OperationMeta | None) -> None:
     """restart.yml: one member at a time, healthy with its cluster before the next."""
-    ensure(
+    helpers.ensure(
         name="Restart etcd for its new config",
         check=lambda: (
-            any_changed(conf, unit_dropin)() and run_now("systemctl is-active --quiet etcd")[0]
+            helpers.any_changed(conf, unit_dropin)()
+            and helpers.run_now("systemctl is-active --quiet etcd")[0]
         ),
         apply=lambda: iter(["systemctl restart etcd", *_cluster_health(v)]),
         _serial=True,
@@ -124,10 +104,10 @@ def _restart(v: Vars, conf: OperationMeta, unit_dropin: OperationMeta | None) ->
 
 
 def _service(v: Vars) -> None:
-    enable_and_start("etcd.service", no_block=True)
-    ensure(
+    helpers.enable_and_start("etcd.service", no_block=True)
+    helpers.ensure(
         name="Wait until the etcd cluster is healthy",
-        check=lambda: not run_now(_local_health(v))[0],
+        check=lambda: not helpers.run_now(_local_health(v))[0],
         apply=lambda: iter(_cluster_health(v)),
     )
 
@@ -137,7 +117,7 @@ def _auth(v: Vars) -> None:
     if v.name != v["groups"][v["etcd_group"]][0] or not v.render("{{ etcd_auth_enabled | bool }}"):
         return
     helper = "/usr/local/sbin/clusterkit-etcd-auth"
-    installed_file(
+    helpers.installed_file(
         name="Install the etcd auth helper",
         dest=helper,
         src=ROOT / "pyinfra_deploy/files/etcd-auth.py",
@@ -150,10 +130,10 @@ def _auth(v: Vars) -> None:
         "ETCD_APP_PREFIX": v["etcd_app_key_prefix"],
         "ETCD_ENDPOINT": f"http://127.0.0.1:{int(v['etcd_client_port'])}",
     }
-    ensure(
+    helpers.ensure(
         name="Set up etcd client authentication",
-        check=lambda: not run_now(f"{helper} check >/dev/null", auth_env)[0],
-        apply=lambda: with_secrets(f"{helper} apply", auth_env),
+        check=lambda: not helpers.run_now(f"{helper} check >/dev/null", auth_env)[0],
+        apply=lambda: helpers.with_secrets(f"{helper} apply", auth_env),
     )
 
 

@@ -7,18 +7,8 @@ from __future__ import annotations
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 
-from pyinfra_deploy.helpers import (
-    Vars,
-    any_changed,
-    apt_install,
-    enable_and_start,
-    installed_file,
-    quote,
-    shell,
-    wait_for_http,
-    write_default_file,
-    write_template,
-)
+from pyinfra_deploy import helpers
+from pyinfra_deploy.helpers import Vars, quote
 from pyinfra_deploy.roles.firewall import role_rules
 from pyinfra_deploy.variables import ROOT
 
@@ -27,9 +17,9 @@ MONGODB_PROBE = "clusterkit-mongodb-metrics"
 
 
 def _install(v: Vars) -> None:
-    apt_install(list(v["exporters__packages"]), "Install the exporters", recommends=False)
+    helpers.apt_install(list(v["exporters__packages"]), "Install the exporters", recommends=False)
     if v["exporters__mongodb"]:
-        installed_file(
+        helpers.installed_file(
             name=f"Install {MONGODB_PROBE}",
             dest=f"/usr/local/sbin/{MONGODB_PROBE}",
             src=FILES / MONGODB_PROBE,
@@ -40,14 +30,16 @@ def _install(v: Vars) -> None:
 def _configure(v: Vars) -> tuple[dict[str, OperationMeta], list[OperationMeta]]:
     """configure.yml: the exporters' command lines and the probe's units."""
     defaults = {
-        unit["unit"]: write_default_file(v, unit["unit"], list(unit["args"]), dict(unit["env"]))
+        unit["unit"]: helpers.write_default_file(
+            v, unit["unit"], list(unit["args"]), dict(unit["env"])
+        )
         for unit in v["exporters__units"]
     }
     unit_files = []
     if v["exporters__mongodb"]:
         for kind in ("service", "timer"):
             unit_files.append(
-                write_template(
+                helpers.write_template(
                     v,
                     f"exporters/mongodb-metrics.{kind}.j2",
                     f"/etc/systemd/system/{MONGODB_PROBE}.{kind}",
@@ -58,25 +50,29 @@ def _configure(v: Vars) -> tuple[dict[str, OperationMeta], list[OperationMeta]]:
 
 def _service(v: Vars, defaults: dict[str, OperationMeta], unit_files: list[OperationMeta]) -> None:
     reload = ["systemctl daemon-reload"]
-    shell("Reload systemd for the probe's units", reload, _if=any_changed(*unit_files))
+    helpers.shell(
+        "Reload systemd for the probe's units", reload, _if=helpers.any_changed(*unit_files)
+    )
     for unit, written in defaults.items():
         if unit == MONGODB_PROBE:
-            enable_and_start(f"{MONGODB_PROBE}.timer")
+            helpers.enable_and_start(f"{MONGODB_PROBE}.timer")
             continue
         # A package's default config can make its exporter exit at once until systemd's start
         # limit stops it (the nginx exporter): a new command line starts from a clean slate.
-        shell(
+        helpers.shell(
             f"Restart {unit} for its new command line",
             [
                 f"systemctl reset-failed {quote(unit + '.service')} || true",
                 f"systemctl enable {quote(unit + '.service')}",
                 f"systemctl restart {quote(unit + '.service')}",
             ],
-            _if=any_changed(written),
+            _if=helpers.any_changed(written),
         )
-        enable_and_start(f"{unit}.service")
+        helpers.enable_and_start(f"{unit}.service")
     address, port = v["exporters_bind_address"], int(v["exporters_node_port"])
-    wait_for_http("Wait until the node exporter answers", f"http://{address}:{port}/metrics", 30)
+    helpers.wait_for_http(
+        "Wait until the node exporter answers", f"http://{address}:{port}/metrics", 30
+    )
 
 
 @deploy("exporters")

@@ -6,17 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from pyinfra.api import deploy
-from pyinfra.operations import files
 
-from pyinfra_deploy.helpers import (
-    Vars,
-    any_changed,
-    apt_install,
-    enable_and_start,
-    has_changed,
-    shell,
-    write_template,
-)
+from pyinfra_deploy import helpers
+from pyinfra_deploy.helpers import Vars
 from pyinfra_deploy.roles.common import systemd_dropin
 from pyinfra_deploy.variables import HostVars
 
@@ -28,13 +20,15 @@ def role_rules(v: Vars, name: str, rules: list[dict[str, Any]]) -> None:
     if not v["firewall_enabled"]:
         return
     scoped = HostVars(v.world, v.name, {"firewall_rules_name": name, "firewall_rules": rules})
-    written = write_template(
+    written = helpers.write_template(
         scoped,
         "firewall/rules.nft.j2",
         f"{v['firewall_rules_dir']}/{name}.nft",
         validate="nft -c -f %s",
     )
-    shell(f"Load the firewall rules of {name}", [NFT_LOAD], _if=any_changed(written))
+    helpers.shell(
+        f"Load the firewall rules of {name}", [NFT_LOAD], _if=helpers.any_changed(written)
+    )
 
 
 @deploy("firewall")
@@ -42,7 +36,7 @@ def firewall(v: Vars) -> None:
     """The firewall role's main entry: nftables, /etc/nftables.conf, SSH and management."""
     if not v["firewall_enabled"]:
         return
-    apt_install(list(v["firewall_packages"]), "Install nftables")
+    helpers.apt_install(list(v["firewall_packages"]), "Install nftables")
     systemd_dropin(
         v,
         "nftables.service",
@@ -50,20 +44,14 @@ def firewall(v: Vars) -> None:
         name="clusterkit",
         container_only=False,
     )
-    files.directory(
-        name="Create the firewall rules directory",
-        path=v["firewall_rules_dir"],
-        user="root",
-        group="root",
-        mode="0755",
-    )
-    conf = write_template(
+    helpers.directory(v["firewall_rules_dir"], name="Create the firewall rules directory")
+    conf = helpers.write_template(
         v, "firewall/nftables.conf.j2", "/etc/nftables.conf", mode="0755", validate="nft -c -f %s"
     )
     role_rules(v, "00-base", list(v["firewall__base_rules"]))
-    started = enable_and_start("nftables.service")
-    shell(
+    started = helpers.enable_and_start("nftables.service")
+    helpers.shell(
         "Load the new firewall rules",
         [NFT_LOAD],
-        _if=lambda: has_changed(conf) and not has_changed(started),
+        _if=lambda: helpers.has_changed(conf) and not helpers.has_changed(started),
     )

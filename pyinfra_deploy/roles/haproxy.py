@@ -9,17 +9,8 @@ import subprocess
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 
-from pyinfra_deploy.helpers import (
-    Vars,
-    apt_install,
-    enable_and_start,
-    ensure,
-    has_changed,
-    installed_file,
-    quote,
-    retry_until,
-    run_now,
-)
+from pyinfra_deploy import helpers
+from pyinfra_deploy.helpers import Vars, quote
 from pyinfra_deploy.roles.firewall import role_rules
 from pyinfra_deploy.templating import render
 
@@ -46,7 +37,7 @@ def _configure(v: Vars) -> OperationMeta:
             else False
         )
         if setting == "auto":
-            _, out = run_now(
+            _, out = helpers.run_now(
                 "haproxy -v | sed -n 's/^HAProxy version \\([0-9]*\\)[.]\\([0-9]*\\).*/\\1 \\2/p'"
             )
             major, minor = (int(x) for x in (out[0] if out else "0 0").split())
@@ -58,7 +49,7 @@ def _configure(v: Vars) -> OperationMeta:
             haproxy_stats_password_hash=password_hash,
         )
 
-    return installed_file(
+    return helpers.installed_file(
         name="Write /etc/haproxy/haproxy.cfg",
         dest="/etc/haproxy/haproxy.cfg",
         content=content,
@@ -69,7 +60,7 @@ def _configure(v: Vars) -> OperationMeta:
 
 
 def _service(v: Vars, conf: OperationMeta) -> None:
-    start = enable_and_start("haproxy.service")
+    start = helpers.enable_and_start("haproxy.service")
     sock = quote(v["haproxy_runtime_socket"])
     state_file = v["haproxy_server_state_file"]
     info = f"echo 'show info' | socat -t 2 stdio UNIX-CONNECT:{sock}"
@@ -84,30 +75,30 @@ def _service(v: Vars, conf: OperationMeta) -> None:
     )
     timeout = int(v["haproxy_start_timeout"])
     pid = f"$({info} | sed -n 's/^Pid: //p')"
-    ensure(
+    helpers.ensure(
         name="Reload HAProxy for its new config (seamless)",
-        check=lambda: has_changed(conf) and not has_changed(start),
+        check=lambda: helpers.has_changed(conf) and not helpers.has_changed(start),
         apply=lambda: iter(
             [
                 f"set -e; umask 027; before={pid}; {save}systemctl reload haproxy.service; "
-                + retry_until(
+                + helpers.retry_until(
                     f'[ -n "{pid}" ] && [ "{pid}" != "$before" ]', timeout, "haproxy reload"
                 )
             ]
         ),
     )
     answering = f"{info} | grep -q '^Pid: '"
-    ensure(
+    helpers.ensure(
         name="Wait until HAProxy answers on the runtime API",
-        check=lambda: not run_now(answering)[0],
-        apply=lambda: iter([retry_until(answering, timeout, "haproxy")]),
+        check=lambda: not helpers.run_now(answering)[0],
+        apply=lambda: iter([helpers.retry_until(answering, timeout, "haproxy")]),
     )
 
 
 @deploy("haproxy")
 def haproxy(v: Vars) -> None:
     """The haproxy role's main entry, on the hosts of group lb."""
-    apt_install(list(v["haproxy_packages"]), "Install HAProxy")  # install.yml
+    helpers.apt_install(list(v["haproxy_packages"]), "Install HAProxy")  # install.yml
     conf = _configure(v)
     role_rules(v, "haproxy", list(v["haproxy_firewall_rules"]))  # firewall.yml
     _service(v, conf)

