@@ -32,15 +32,22 @@ __all__ = [
 ]
 
 
-@cache
 def load(path: str | Path | None = None) -> World:
-    """The inventory at `path` (default: $CLUSTERKIT_INVENTORY, else inventory/lab)."""
+    """The inventory at `path` (default: $CLUSTERKIT_INVENTORY, else inventory/lab), read once
+    per process however the path is spelled."""
     resolved = Path(path) if path is not None else inventory_path()
     if not resolved.is_absolute():
         resolved = ROOT / resolved
     if not resolved.exists():
         raise FileNotFoundError(f"inventory {resolved}: no such file or directory")
-    return World(resolved)
+    return _load(resolved.resolve())
+
+
+@cache
+def _load(path: Path) -> World:
+    # The resolved path: `ansible-inventory --list` (cached by path) runs once for the
+    # tests, the load tests and this model together.
+    return World(path)
 
 
 def group(world: World, name: str) -> list[str]:
